@@ -1,0 +1,182 @@
+"""Command line: ``python -m icl run`` executes a chapter with papermill; ``python -m icl list`` lists them.
+
+    python -m icl run book/02_one_step_pgd.md [--preset quick|paper] [--device auto|cpu|cuda]
+                      [--seed S] [-p name=value ...] [--out DIR]
+
+writes ``DIR/<chapter>.ipynb`` (the executed notebook) and ``DIR/<chapter>.json`` (resolved
+parameters, versions, elapsed seconds, every claim check, the key arrays), each through a temporary
+file and an atomic rename. Exit status: 0 when every claim check passed, 1 when a check failed or the
+chapter raised, 2 for bad input (reported in one line, before any work, with nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from icl import __version__, chapters, presets
+from icl.device import resolve_device
+from icl.store import atomic_write_text
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(ValueError):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _parse_assignment(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise BadInput(f"-p expects name=value, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a plain string; the config's validation names what was expected
+    return name, value
+
+
+def _check_out(out: Path) -> None:
+    """Fail early, leaving nothing behind, if ``out`` cannot hold the results."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".icl-write-test-"):
+            pass
+    except OSError as error:
+        raise BadInput(f"--out {str(out)!r} is not writable: {error.strerror or error}") from None
+
+
+def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, Any]]:
+    """Validate everything before any work: chapter, preset, parameters, device, output folder.
+
+    Returns the chapter, its notebook, and the parameters to inject.
+    """
+    try:
+        chapter = chapters.chapter_of(args.chapter)
+        preset = presets.resolve_preset(args.preset)
+        resolve_device(args.device)
+        if args.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {args.seed}")
+        notebook = chapters.read_notebook(args.chapter)
+        defaults = chapters.parameters_of(notebook)
+        overrides = dict(_parse_assignment(p) for p in args.parameter)
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} for {chapter.slug}; choose from {sorted(defaults)}")
+        for reserved in ("preset", "device", "seed"):
+            if reserved in overrides:
+                raise ValueError(f"set {reserved} with --{reserved}, not -p")
+        parameters = {**overrides, "preset": preset, "device": args.device, "seed": args.seed}
+        if chapter.experiment is not None:
+            fields = set(presets.parameter_names(chapter.experiment))
+            presets.get(chapter.experiment, preset, **{k: v for k, v in parameters.items() if k in fields and k != "preset"})
+        _check_out(Path(args.out))
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    return chapter, notebook, {k: v for k, v in parameters.items() if k in defaults}
+
+
+def versions() -> dict[str, str]:
+    import matplotlib
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "icl": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    chapter, notebook, parameters = prepare(args)
+    import nbformat
+    import papermill
+
+    out = Path(args.out)
+    notebook_path, json_path = out / f"{chapter.slug}.ipynb", out / f"{chapter.slug}.json"
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="icl-run-") as scratch:
+        executed_path = Path(scratch) / f"{chapter.slug}.ipynb"
+        previous = os.environ.get(chapters.RECORD_DIR_VARIABLE)
+        os.environ[chapters.RECORD_DIR_VARIABLE] = scratch
+        error: Exception | None = None
+        try:
+            papermill.execute_notebook(
+                notebook, str(executed_path), parameters=parameters, kernel_name="python3",
+                cwd=str(Path(args.chapter).resolve().parent), progress_bar=False,
+            )
+        except papermill.PapermillExecutionError as exc:
+            error = exc
+        finally:
+            if previous is None:
+                os.environ.pop(chapters.RECORD_DIR_VARIABLE, None)
+            else:
+                os.environ[chapters.RECORD_DIR_VARIABLE] = previous
+        elapsed = time.perf_counter() - start
+        record_path = Path(scratch) / f"{chapter.slug}.json"
+        if not record_path.exists():
+            reason = f"{error.ename}: {error.evalue}" if isinstance(error, papermill.PapermillExecutionError) else "no record"
+            print(f"error: {chapter.slug} failed before its claim checks ({reason}); nothing written", file=sys.stderr)
+            return EXIT_FAILED
+        content = json.loads(record_path.read_text())
+        content.update(parameters=parameters, versions=versions(), elapsed_seconds=round(elapsed, 3))
+        if error is not None:
+            content["passed"] = False
+        atomic_write_text(nbformat.writes(nbformat.read(executed_path, as_version=4)), notebook_path)
+        atomic_write_text(json.dumps(content, indent=1), json_path)
+    checks = content["claim_checks"]
+    failed = [c["name"] for c in checks if not c["passed"]]
+    status = "passed" if content["passed"] else f"FAILED ({', '.join(failed) or 'chapter error'})"
+    print(f"{chapter.slug}: {len(checks)} claim checks {status} in {elapsed:.1f} s -> {notebook_path}, {json_path}")
+    return EXIT_OK if content["passed"] else EXIT_FAILED
+
+
+def list_chapters() -> int:
+    for chapter in chapters.CHAPTERS.values():
+        print(f"book/{chapter.slug}.md  {chapter.title}")
+        if chapter.experiment is None:
+            print("    no training; runs in seconds at any preset")
+            continue
+        quick, paper = (presets.get(chapter.experiment, p, device="cpu") for p in presets.PRESET_NAMES)
+        for name in presets.parameter_names(chapter.experiment):
+            if name in ("device", "seed"):
+                continue
+            a, b = getattr(quick, name), getattr(paper, name)
+            print(f"    {name:<18} quick {a!s:<22} paper {b!s}")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m icl", description=__doc__.split("\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="execute a chapter with papermill; write its notebook and JSON")
+    run_parser.add_argument("chapter", help="path to a chapter, e.g. book/02_one_step_pgd.md")
+    run_parser.add_argument("--preset", default=None, help="quick (default, or $ICL_PRESET) or paper")
+    run_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
+    run_parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    run_parser.add_argument("-p", dest="parameter", action="append", default=[], metavar="NAME=VALUE",
+                            help="override a parameter of the chapter's parameters cell (repeatable)")
+    run_parser.add_argument("--out", default="runs", help="output folder (default: runs/)")
+    commands.add_parser("list", help="list the chapters and their presets")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args) if args.command == "run" else list_chapters()
+    except BadInput as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,74 @@
+"""Pieces shared by the experiments: a cached, resumable training run of an ensemble of models."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from icl import store
+from icl.train import PromptSampler, TrainConfig, train
+
+
+def validate_seed(seed: object) -> int:
+    """A seed is an integer >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+def fit_cached(
+    name: str,
+    config: Any,
+    part: str,
+    model: torch.nn.Module,
+    sample: PromptSampler,
+    train_config: TrainConfig,
+    *,
+    generator: torch.Generator,
+    progress: bool,
+) -> torch.Tensor:
+    """Train ``model`` in place, or load its trained weights from the store; returns the loss curves (steps, E).
+
+    The store key is (``name``/``part``, ``config``, icl's source hash). While training, a checkpoint
+    under the same key lets a killed run resume; the trained state is stored only once complete.
+    """
+    key = f"{name}/{part}"
+
+    def compute() -> dict[str, Any]:
+        checkpoint = store.checkpoint_path(store.config_key(key, config))
+        result = train(
+            model, sample, train_config, generator=generator, checkpoint=checkpoint, progress=progress, description=part
+        )
+        return {"state": model.state_dict(), "losses": result.losses}
+
+    stored = store.cached(key, config, compute)
+    model.load_state_dict(stored["state"])
+    return stored["losses"]
+
+
+def downsample_curve(curve: torch.Tensor, points: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average a (steps, ...) curve over consecutive windows; returns (step at each window's end, mean)."""
+    steps = curve.shape[0]
+    window = max(1, steps // points)
+    usable = (steps // window) * window
+    means = curve[:usable].reshape(usable // window, window, *curve.shape[1:]).mean(1)
+    ends = torch.arange(window, usable + 1, window)
+    return ends, means
+
+
+def as_plain(value: Any) -> Any:
+    """Tensors to nested lists, tuples to lists, dataclasses to dicts, recursively (for JSON)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return as_plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
+    return value
+
+

@@ -1,0 +1,230 @@
+"""One layer of linear self-attention is one step of preconditioned GD, with preconditioner Γ*
+(Ahn et al. 2023, Thm 1; Zhang, Frei, Bartlett 2023, Thm 4.1).
+
+A one-layer LSA with full (P, Q) is trained on noiseless prompts x ~ N(0, Σ), w ~ N(0, I_d), for
+Σ = I_d and for a randomly rotated Σ with condition number κ, over several seeds (an ensemble
+trained side by side), and for a sweep of context lengths n on the ill-conditioned Σ. Its
+gauge-invariant preconditioner A = −P[d, d] · Q[:d, :d] is compared with
+Γ* = ((1 + 1/n) Σ + tr(Σ)/n · I)⁻¹ and with the naive answer Σ⁻¹.
+
+Shapes in the result: ``K = 2`` covariance kinds (isotropic, ill-conditioned), ``S`` seeds,
+``N`` context lengths of the sweep, ``d`` dimension.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from icl import baselines, evaluate, rng, tasks, theory
+from icl.config import finite_float, int_tuple, one_of, positive_int
+from icl.experiments.common import downsample_curve, fit_cached, validate_seed
+from icl.models import LinearTransformer, add_balanced_initialisation_
+from icl.train import TrainConfig
+
+NAME = "one_step_pgd"
+KINDS: tuple[str, ...] = ("isotropic", "ill-conditioned")
+EVAL_CHUNK = 20_000
+INITIALISATIONS: tuple[str, ...] = ("balanced", "random")
+
+
+@dataclass(frozen=True)
+class OneStepPGDConfig:
+    """The experiment's parameters; every field is validated on construction."""
+
+    dim: int = 5
+    n_context: int = 20
+    condition_number: float = 16.0
+    n_context_sweep: tuple[int, ...] = (5, 10, 20, 40, 80)
+    n_seeds: int = 5
+    train_steps: int = 20_000
+    batch_size: int = 8192
+    learning_rate: float = 0.03
+    initialisation: str = "balanced"
+    init_scale: float = 0.5
+    init_std: float = 0.01
+    n_test: int = 200_000
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive_int("dim", self.dim)
+        positive_int("n_context", self.n_context)
+        finite_float("condition_number", self.condition_number, minimum=1.0)
+        object.__setattr__(self, "n_context_sweep", int_tuple("n_context_sweep", self.n_context_sweep))
+        positive_int("n_seeds", self.n_seeds)
+        positive_int("train_steps", self.train_steps)
+        positive_int("batch_size", self.batch_size)
+        finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True)
+        one_of("initialisation", self.initialisation, INITIALISATIONS)
+        finite_float("init_scale", self.init_scale, minimum=0.0)
+        finite_float("init_std", self.init_std, minimum=0.0, strict=True)
+        positive_int("n_test", self.n_test, minimum=2)
+        validate_seed(self.seed)
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+
+
+class OneStepPGDResult(NamedTuple):
+    """Every number the chapter plots or checks. At n = ``n_context``, over kinds and seeds:"""
+
+    covariance: torch.Tensor  # (K, S, d, d)
+    learned: torch.Tensor  # (K, S, d, d) symmetric part of the learned preconditioner
+    asymmetry: torch.Tensor  # (K, S) ‖A − Aᵀ‖_F / ‖A‖_F
+    optimal: torch.Tensor  # (K, S, d, d) Γ*
+    error_to_optimal: torch.Tensor  # (K, S) ‖A − Γ*‖_F / ‖Γ*‖_F
+    error_to_inverse: torch.Tensor  # (K, S) ‖A − Σ⁻¹‖_F / ‖Σ⁻¹‖_F
+    label_row_ratio: torch.Tensor  # (K, S) ‖P[d, :d]‖ / |P[d, d]|: theory says 0
+    key_column_ratio: torch.Tensor  # (K, S) ‖Q[d, :d]‖ / ‖Q[:d, :d]‖_F: theory says 0
+    test_loss: torch.Tensor  # (K, S) Monte Carlo MSE of the trained model
+    test_loss_se: torch.Tensor  # (K, S) its standard error
+    optimal_test_loss: torch.Tensor  # (K, S) Monte Carlo MSE of ŷ = x_qᵀ Γ* h on the same prompts
+    optimal_loss: torch.Tensor  # (K,) f* = tr Σ − tr(Σ Γ* Σ)
+    inverse_loss: torch.Tensor  # (K,) f(Σ⁻¹)
+    gd_loss: torch.Tensor  # (K,) f(η* I), the best single plain GD step
+    zero_loss: torch.Tensor  # (K,) tr Σ, the zero predictor's MSE
+    curve_steps: torch.Tensor  # (T,) step at the end of each averaging window
+    curve: torch.Tensor  # (T, K, S) training MSE, window means
+    # The sweep over n on the ill-conditioned Σ:
+    sweep_n: torch.Tensor  # (N,)
+    sweep_error_to_optimal: torch.Tensor  # (N, S)
+    sweep_error_to_inverse: torch.Tensor  # (N, S)
+    sweep_optimal_to_inverse: torch.Tensor  # (N, S) ‖Γ* − Σ⁻¹‖_F / ‖Σ⁻¹‖_F, the gap the check must resolve
+    sweep_loss_ratio: torch.Tensor  # (N, S) Monte Carlo loss / f*
+    elapsed_seconds: float
+
+
+def covariances(config: OneStepPGDConfig) -> torch.Tensor:
+    """The (K=2, S, d, d) float64 covariances: I_d, and a rotated Σ of condition number κ per seed."""
+    generator = rng.streams(config.seed, config.device).task
+    ill = torch.stack(
+        [
+            tasks.covariance_from_condition_number(config.dim, config.condition_number, generator=generator)
+            for _ in range(config.n_seeds)
+        ]
+    ).to(config.device)
+    return torch.stack([torch.eye(config.dim, dtype=torch.float64, device=config.device).expand_as(ill), ill])
+
+
+def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int, progress: bool):
+    """Train one ensemble (one model per covariance in ``covariance``: (E, d, d)) at context length n."""
+    streams = rng.streams(config.seed, config.device, part=part)
+    model = LinearTransformer(
+        config.dim, 1, parameterisation="full", n_models=covariance.shape[0], init_std=config.init_std,
+        generator=streams.init,
+    )
+    if config.initialisation == "balanced":
+        add_balanced_initialisation_(model, config.init_scale, generator=streams.init)
+    covariance32 = covariance.float()
+
+    def sample(generator: torch.Generator) -> tasks.RegressionBatch:
+        return tasks.sample_regression(config.batch_size, n, covariance32, generator=generator)
+
+    train_config = TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate)
+    losses = fit_cached(
+        NAME, config, f"n={n}, {covariance.shape[0]} models", model, sample, train_config,
+        generator=streams.train, progress=progress,
+    )
+    return model, losses, streams.eval
+
+
+@torch.no_grad()
+def _test_losses(model: LinearTransformer, covariance: torch.Tensor, n: int, config: OneStepPGDConfig, generator):
+    """Monte Carlo MSE (and s.e.) of the model and of the Γ* predictor on the same ``n_test`` prompts. -> 3 × (E,)."""
+    optimal = torch.stack([theory.optimal_preconditioner(c, n) for c in covariance]).float().unsqueeze(1)
+    model_errors, optimal_errors = [], []
+    for start in range(0, config.n_test, EVAL_CHUNK):
+        size = min(EVAL_CHUNK, config.n_test - start)
+        batch = tasks.sample_regression(size, n, covariance.float(), generator=generator)
+        model_errors.append(model.predict(batch.X, batch.y, batch.x_query) - batch.y_query)
+        gamma_prediction = baselines.preconditioned_gd(batch.X, batch.y, batch.x_query, optimal)
+        optimal_errors.append(gamma_prediction - batch.y_query)
+    model_errors, optimal_errors = torch.cat(model_errors, -1), torch.cat(optimal_errors, -1)
+    model_loss = evaluate.mse(model_errors, torch.zeros_like(model_errors))
+    optimal_loss = evaluate.mse(optimal_errors, torch.zeros_like(optimal_errors))
+    return model_loss.mean, model_loss.standard_error, optimal_loss.mean
+
+
+def _read(model: LinearTransformer) -> dict[str, torch.Tensor]:
+    """The learned preconditioner and the ratios of the blocks theory says vanish, per model."""
+    d = model.dim
+    A = model.preconditioner()[:, 0].detach().double()
+    P, Q = (w[:, 0].detach().double() for w in model.weights())
+    return {
+        "learned": evaluate.symmetric_part(A),
+        "asymmetry": evaluate.asymmetry(A),
+        "label_row_ratio": P[:, d, :d].norm(dim=-1) / P[:, d, d].abs(),
+        "key_column_ratio": Q[:, d, :d].norm(dim=-1) / torch.linalg.matrix_norm(Q[:, :d, :d]),
+    }
+
+
+def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
+    """Train, evaluate and compare with theory; every training run is cached (see :func:`fit_cached`)."""
+    start = time.perf_counter()
+    K, S = len(KINDS), config.n_seeds
+    covariance = covariances(config)  # (K, S, d, d)
+    model, losses, eval_generator = _train(config, covariance.reshape(K * S, config.dim, config.dim), config.n_context, 0, progress)
+    read = {k: v.reshape(K, S, *v.shape[1:]) for k, v in _read(model).items()}
+    loss, loss_se, optimal_mc = (
+        x.reshape(K, S) for x in _test_losses(model, covariance.reshape(K * S, config.dim, config.dim), config.n_context, config, eval_generator)
+    )
+    n = config.n_context
+    optimal = torch.stack([torch.stack([theory.optimal_preconditioner(c, n) for c in kind]) for kind in covariance])
+    inverse = torch.linalg.inv(covariance)
+    one = covariance[:, 0]  # the closed-form losses depend on Σ's spectrum only, shared by all seeds
+    optimal_loss = torch.stack([theory.optimal_one_step_loss(c, n) for c in one])
+    inverse_loss = torch.stack([theory.one_step_loss(torch.linalg.inv(c), c, n) for c in one])
+    gd_loss = torch.stack(
+        [theory.one_step_loss(theory.optimal_gd_step_size(c, n) * torch.eye(config.dim, dtype=c.dtype, device=c.device), c, n) for c in one]
+    )
+    steps, curve = downsample_curve(losses)
+
+    sweep_errors, sweep_inverse, sweep_gap, sweep_ratio = [], [], [], []
+    for part, n_sweep in enumerate(config.n_context_sweep, start=1):
+        ill = covariance[1]
+        if n_sweep == n:
+            learned, mc = read["learned"][1], loss[1]
+        else:
+            sweep_model, _, sweep_eval = _train(config, ill, n_sweep, part, progress)
+            learned = _read(sweep_model)["learned"]
+            mc = _test_losses(sweep_model, ill, n_sweep, config, sweep_eval)[0]
+        gamma = torch.stack([theory.optimal_preconditioner(c, n_sweep) for c in ill])
+        sweep_errors.append(evaluate.relative_error(learned, gamma))
+        sweep_inverse.append(evaluate.relative_error(learned, inverse[1]))
+        sweep_gap.append(evaluate.relative_error(gamma, inverse[1]))
+        sweep_ratio.append(mc / theory.optimal_one_step_loss(ill[0], n_sweep))
+
+    cpu = lambda x: x.detach().double().cpu()  # noqa: E731
+    return OneStepPGDResult(
+        covariance=cpu(covariance),
+        learned=cpu(read["learned"]),
+        asymmetry=cpu(read["asymmetry"]),
+        optimal=cpu(optimal),
+        error_to_optimal=cpu(evaluate.relative_error(read["learned"], optimal)),
+        error_to_inverse=cpu(evaluate.relative_error(read["learned"], inverse)),
+        label_row_ratio=cpu(read["label_row_ratio"]),
+        key_column_ratio=cpu(read["key_column_ratio"]),
+        test_loss=cpu(loss),
+        test_loss_se=cpu(loss_se),
+        optimal_test_loss=cpu(optimal_mc),
+        optimal_loss=cpu(optimal_loss),
+        inverse_loss=cpu(inverse_loss),
+        gd_loss=cpu(gd_loss),
+        zero_loss=cpu(torch.stack([torch.trace(c) for c in one])),
+        curve_steps=steps,
+        curve=cpu(curve.reshape(-1, K, S)),
+        sweep_n=torch.tensor(config.n_context_sweep),
+        sweep_error_to_optimal=cpu(torch.stack(sweep_errors)),
+        sweep_error_to_inverse=cpu(torch.stack(sweep_inverse)),
+        sweep_optimal_to_inverse=cpu(torch.stack(sweep_gap)),
+        sweep_loss_ratio=cpu(torch.stack(sweep_ratio)),
+        elapsed_seconds=time.perf_counter() - start,
+    )
+
+
+def key_arrays(result: OneStepPGDResult) -> dict[str, Any]:
+    """The arrays a reader most likely wants, for the chapter's JSON."""
+    return {k: v for k, v in result._asdict().items() if k not in ("curve", "curve_steps")}

@@ -1,0 +1,194 @@
+"""Linear self-attention (LSA) transformers in the canonical form (papers/README §1.2–1.9).
+
+Shapes: ``E`` independent models trained side by side (an ensemble axis: seeds, covariances),
+``B`` prompts, ``L`` layers, ``d`` covariate dimension, ``n`` context length (query excluded).
+
+One layer:  Z ← Z + (1/n) P Z M Zᵀ Q Z,   M = diag(I_n, 0),
+
+with Z: (E, B, d+1, n+1) and P, Q: (E, d+1, d+1). The product is associated as
+(P · G · Q) · Z with the (d+1)×(d+1) Gram matrix G = (1/n) Z M Zᵀ: O(n d²) per prompt and a few
+large batched kernels, never the (n+1)×(n+1) attention matrix ZᵀQZ (O(n² d)).
+
+Parameterisations (which entries of P_ℓ, Q_ℓ are trained):
+
+- ``"full"``: every entry of P_ℓ and Q_ℓ (Ahn et al. 2023, Thm 1).
+- ``"sparse"``: P_ℓ = diag(0_d, 1), Q_ℓ = −diag(A_ℓ, 0); A_ℓ trained (eq. 8, Thm 3).
+- ``"eleven"``: P_ℓ = [[B_ℓ, 0], [0, 1]], Q_ℓ = −diag(A_ℓ, 0); A_ℓ, B_ℓ trained (eq. 11, Thm 4).
+
+``looped=True`` ties one layer's weights across all ``n_layers`` applications.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from icl.config import finite_float, one_of, positive_int
+from icl.tokens import read_out, to_tokens
+
+Parameterisation = Literal["full", "sparse", "eleven"]
+PARAMETERISATIONS: tuple[str, ...] = ("full", "sparse", "eleven")
+
+
+def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """One residual LSA layer: Z + (1/n) P (Z M Zᵀ) Q Z, with n = Z.shape[-1] − 1 the prompt's own context length.
+
+    Z: (E, B, d+1, n+1); P, Q: (E, d+1, d+1), one pair per model of the ensemble. Differentiable
+    in all three (a hand-written backward, checked against autograd in ``tests/test_models.py``).
+
+    Computed on the token rows R = Zᵀ (:func:`icl.tokens.to_tokens` stores Z row-major, so this is
+    a free view): R ← R + R K with the per-prompt (d+1)×(d+1) matrix K = Qᵀ G Pᵀ = (P G Q)ᵀ and
+    G = (1/n) Rᵀ M R. Only G and R K are batched per prompt; G Pᵀ is one large product per model.
+    """
+    rows = Z.mT.contiguous()  # (E, B, n+1, d+1): tokens as rows; a no-op for to_tokens' layout
+    return _LSALayer.apply(rows, P, Q).mT
+
+
+class _LSALayer(torch.autograd.Function):
+    """R ↦ R + R K(R, P, Q) on token rows, with K = Qᵀ G Pᵀ and G = (1/n) Rᵀ M R.
+
+    The backward is written out so that every product is one batched kernel and the additions are
+    fused into them (``baddbmm``); autograd's generic backward of the same graph was ~1.6× slower.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        E, B, length, width = rows.shape
+        n = length - 1
+        flat = rows.view(E * B, length, width)
+        context = flat[:, :n]  # M drops the query token: it is never a key or a value
+        gram = torch.bmm(context.mT, context).div_(n)  # G: (E·B, d+1, d+1), symmetric
+        gram_p = torch.bmm(gram.view(E, B * width, width), P.mT).view(E, B, width, width)  # G Pᵀ
+        kernel = torch.einsum("eji,ebjk->ebik", Q, gram_p).reshape(E * B, width, width)  # Qᵀ G Pᵀ
+        ctx.save_for_backward(rows, P, Q, gram, kernel)
+        return torch.baddbmm(flat, flat, kernel).view(E, B, length, width)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        rows, P, Q, gram, kernel = ctx.saved_tensors
+        E, B, length, width = rows.shape
+        n = length - 1
+        flat = rows.view(E * B, length, width)
+        grad = grad_out.reshape(E * B, length, width)
+        grad_rows = torch.baddbmm(grad, grad, kernel.mT)  # ∂(R + R K)/∂R
+        grad_kernel = torch.bmm(flat.mT, grad).view(E, B, width, width)  # Rᵀ ∂out
+        gram_p = torch.bmm(gram.view(E, B * width, width), P.mT).view(E, B, width, width)
+        grad_Q = torch.einsum("ebjk,ebik->eji", gram_p, grad_kernel)  # K = Qᵀ H
+        grad_gram_p = torch.einsum("eji,ebik->ebjk", Q, grad_kernel).reshape(E, B * width, width)
+        grad_P = torch.bmm(grad_gram_p.mT, gram.view(E, B * width, width))  # H = G Pᵀ
+        grad_gram = torch.bmm(grad_gram_p, P).view(E * B, width, width)
+        symmetric = (grad_gram + grad_gram.mT).div_(n)  # G = Cᵀ C / n
+        grad_rows[:, :n] += torch.bmm(flat[:, :n], symmetric)  # (baddbmm_ on this strided view is slow)
+        return grad_rows.view(E, B, length, width), grad_P, grad_Q
+
+
+class LinearTransformer(nn.Module):
+    """An ensemble of ``n_models`` LSA transformers with ``n_layers`` layers each.
+
+    Parameters (``L' = 1`` if ``looped`` else ``n_layers``):
+
+    - ``"full"``: ``P``, ``Q``: (E, L', d+1, d+1);
+    - ``"sparse"``: ``A``: (E, L', d, d);
+    - ``"eleven"``: ``A``, ``B``: (E, L', d, d).
+
+    Entries start i.i.d. N(0, init_std²) from ``generator`` (required: no global seed).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int = 1,
+        *,
+        parameterisation: Parameterisation = "full",
+        looped: bool = False,
+        n_models: int = 1,
+        init_std: float = 0.01,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int("dim", dim)
+        self.n_layers = positive_int("n_layers", n_layers)
+        self.parameterisation = one_of("parameterisation", parameterisation, PARAMETERISATIONS)
+        self.looped = bool(looped)
+        self.n_models = positive_int("n_models", n_models)
+        init_std = finite_float("init_std", init_std, minimum=0.0)
+        n_weights = 1 if self.looped else self.n_layers
+        device = generator.device
+
+        def init(size: int) -> nn.Parameter:
+            shape = (self.n_models, n_weights, size, size)
+            return nn.Parameter(init_std * torch.randn(shape, generator=generator, device=device, dtype=dtype))
+
+        if self.parameterisation == "full":
+            self.P, self.Q = init(dim + 1), init(dim + 1)
+        else:
+            self.A = init(dim)
+            if self.parameterisation == "eleven":
+                self.B = init(dim)
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The canonical (P, Q) of every layer, each (E, L', d+1, d+1), built from the trained blocks."""
+        if self.parameterisation == "full":
+            return self.P, self.Q
+        d = self.dim
+        A = self.A
+        Q = torch.zeros(*A.shape[:2], d + 1, d + 1, dtype=A.dtype, device=A.device)
+        Q[..., :d, :d] = -A  # the minus sign makes A the preconditioner of the GD step (Lemma 1)
+        P = torch.zeros_like(Q)
+        P[..., d, d] = 1.0  # the label row reads the attention output: y ← y − (1/n) Σ y_i x_iᵀ A x
+        if self.parameterisation == "eleven":
+            P[..., :d, :d] = self.B  # the x rows move too: X ← X − (1/n) B X M Xᵀ A X
+        return P, Q
+
+    def preconditioner(self) -> torch.Tensor:
+        """The gauge-invariant preconditioner A_ℓ := −P_ℓ[d, d] · Q_ℓ[:d, :d] of every layer: (E, L', d, d).
+
+        (P, Q) → (γP, Q/γ) leaves it unchanged (papers/README §1.7). The layer applies Aᵀ to the
+        context's label-weighted mean, so report its symmetric part (§1.6).
+        """
+        if self.parameterisation != "full":
+            return self.A
+        d = self.dim
+        return -self.P[..., d, d, None, None] * self.Q[..., :d, :d]
+
+    def forward(self, Z: torch.Tensor) -> torch.Tensor:
+        """Z: (E, B, d+1, n+1) -> Z after all layers, same shape. With ``n_models == 1``, (B, d+1, n+1) is accepted too."""
+        squeeze = Z.ndim == 3
+        if squeeze:
+            if self.n_models != 1:
+                raise ValueError(f"Z must have shape (E={self.n_models}, B, d+1, n+1), got {tuple(Z.shape)}")
+            Z = Z.unsqueeze(0)
+        if Z.ndim != 4 or Z.shape[0] != self.n_models or Z.shape[2] != self.dim + 1:
+            raise ValueError(f"Z must have shape (E={self.n_models}, B, d+1={self.dim + 1}, n+1), got {tuple(Z.shape)}")
+        P, Q = self.weights()
+        for layer in range(self.n_layers):
+            index = 0 if self.looped else layer
+            Z = lsa_layer(Z, P[:, index], Q[:, index])
+        return Z.squeeze(0) if squeeze else Z
+
+    def predict(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        """ŷ for prompts X: (E, B, n, d), y: (E, B, n), x_query: (E, B, d) -> (E, B) (or without E when n_models == 1)."""
+        return read_out(self(to_tokens(X, y, x_query)))
+
+
+@torch.no_grad()
+def add_balanced_initialisation_(model: LinearTransformer, scale: float, *, generator: torch.Generator) -> None:
+    """Add Zhang, Frei and Bartlett's balanced start (2023, Assumption 3.3) to a one-layer full model, in place.
+
+    P += σ · diag(0_d, 1) and Q += −σ · diag(ΘΘᵀ, 0) with ‖ΘΘᵀ‖_F = 1 (Θ Gaussian, one per model),
+    so that A = −P[d, d] Q[:d, :d] starts near σ² ΘΘᵀ, positive semi-definite. (Their Q is −ours: their
+    read-out has a + sign.) On top of the model's i.i.d. initialisation, every entry stays perturbed.
+    """
+    if model.parameterisation != "full":
+        raise ValueError(f"the balanced initialisation is for parameterisation='full', not {model.parameterisation!r}")
+    scale = finite_float("scale", scale, minimum=0.0)
+    d, E = model.dim, model.n_models
+    theta = torch.randn(E, d, d, generator=generator, device=generator.device, dtype=model.P.dtype)
+    gram = theta @ theta.mT
+    gram = gram / torch.linalg.matrix_norm(gram)[:, None, None]
+    model.P[:, :, d, d] += scale
+    model.Q[:, :, :d, :d] -= scale * gram.unsqueeze(1)

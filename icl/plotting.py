@@ -1,0 +1,77 @@
+"""The book's one plotting style, and one colour per method, so a reader learns the legend once.
+
+Use ``with plotting.style(): ...``; nothing is changed outside the block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+COLORS: dict[str, str] = {
+    "transformer": "#0072B2",  # trained transformer: blue
+    "gd": "#E69F00",  # plain gradient descent: orange
+    "preconditioned_gd": "#009E73",  # preconditioned GD (the theory's optimum): green
+    "gd_plus_plus": "#CC79A7",  # GD++: purple
+    "newton": "#56B4E9",  # iterative Newton: sky blue
+    "least_squares": "#D55E00",  # least squares: vermillion
+    "zero": "#7F7F7F",  # the zero estimator: grey, dashed
+    "naive": "#A0522D",  # a wrong answer the check must tell apart (e.g. Σ⁻¹ where theory says Γ*)
+}
+LINESTYLES: dict[str, str] = {"zero": "--", "naive": ":"}
+
+
+@contextmanager
+def style() -> Iterator[None]:
+    """seaborn's ``whitegrid`` at a size readable at page width, scoped to the ``with`` block."""
+    rc = {
+        "figure.dpi": 110,
+        "savefig.dpi": 150,
+        "figure.figsize": (7.0, 3.6),
+        "axes.titlesize": 11,
+        "axes.labelsize": 10,
+        "legend.fontsize": 9,
+        "legend.frameon": False,
+        "figure.constrained_layout.use": True,
+    }
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9), mpl.rc_context(rc):
+        yield
+
+
+def heatmaps(
+    matrices: Sequence[torch.Tensor | np.ndarray],
+    titles: Sequence[str],
+    *,
+    rows: int = 1,
+    shared_scale: bool = True,
+) -> plt.Figure:
+    """Matrices side by side (row-major in ``rows`` rows), annotated, on one colour scale per row."""
+    columns = -(-len(matrices) // rows)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.4 * rows), squeeze=False)
+    arrays = [np.asarray(torch.as_tensor(m).detach().cpu(), dtype=float) for m in matrices]
+    for r in range(rows):
+        group = arrays[r * columns : (r + 1) * columns]
+        bound = max(np.abs(a).max() for a in group) if shared_scale else None
+        for c, ax in enumerate(axes[r]):
+            index = r * columns + c
+            if index >= len(arrays):
+                ax.axis("off")
+                continue
+            limit = bound if bound is not None else np.abs(arrays[index]).max()
+            sns.heatmap(
+                arrays[index], ax=ax, cmap="RdBu_r", vmin=-limit, vmax=limit, annot=arrays[index].shape[0] <= 6,
+                fmt=".2f", annot_kws={"size": 7}, cbar=False, square=True, xticklabels=False, yticklabels=False,
+            )
+            ax.set_title(titles[index])
+    return figure
+
+
+def reference_line(ax: plt.Axes, value: float, method: str, label: str) -> None:
+    """A horizontal line at ``value`` in the colour and line style of ``method``."""
+    ax.axhline(value, color=COLORS[method], linestyle=LINESTYLES.get(method, "-"), linewidth=1.3, label=label)

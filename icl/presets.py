@@ -1,0 +1,123 @@
+"""Per-experiment presets: ``quick`` (a 2-core CPU, minutes) and ``paper`` (the paper's own scale).
+
+``get(experiment, preset, **overrides)`` returns the experiment's frozen, validated config. The
+preset defaults to ``$ICL_PRESET`` and then to ``"quick"``, so that ``ICL_PRESET=paper make book``
+builds the whole site at paper scale. Overrides of ``None`` mean "from the preset" (a chapter's
+parameters cell passes ``n_context=None`` unless the reader sets it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from icl.device import resolve_device
+from icl.experiments import one_step_pgd
+
+PRESET_NAMES: tuple[str, ...] = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What ``quick`` and ``paper`` set for one experiment, and why ``quick`` differs from the paper."""
+
+    config: type
+    paper: Mapping[str, Any]
+    quick: Mapping[str, Any]
+    why_quick: Mapping[str, str] = field(default_factory=dict)
+
+
+REGISTRY: Mapping[str, Preset] = {
+    "one_step_pgd": Preset(
+        config=one_step_pgd.OneStepPGDConfig,
+        paper=dict(train_steps=20_000, batch_size=8192, n_seeds=5, n_test=200_000),
+        quick=dict(train_steps=3000, batch_size=2048, n_seeds=3, n_test=100_000),
+        why_quick=dict(
+            train_steps="fewer Adam steps; the checks' 2 % still hold (measured at every n of the sweep)",
+            batch_size="smaller batches; the cosine learning-rate decay averages the extra gradient noise",
+            n_seeds="3 seeds, the fewest the book's checks accept",
+            n_test="a smaller test set; its standard error is shown beside every loss",
+        ),
+    ),
+}
+
+
+def resolve_preset(preset: str | None) -> str:
+    """``None`` -> ``$ICL_PRESET`` if set, else ``"quick"``; anything else must be a known preset name."""
+    if preset is None:
+        preset = os.environ.get("ICL_PRESET") or "quick"
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESET_NAMES)}")
+    return preset
+
+
+def _entry(experiment: str) -> Preset:
+    if experiment not in REGISTRY:
+        raise ValueError(f"unknown experiment {experiment!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[experiment]
+
+
+def parameter_names(experiment: str) -> tuple[str, ...]:
+    """The config fields of ``experiment``, in order."""
+    return tuple(f.name for f in dataclasses.fields(_entry(experiment).config))
+
+
+def get(experiment: str, preset: str | None = None, **overrides: Any) -> Any:
+    """The validated, frozen config of ``experiment`` at ``preset`` with ``overrides`` applied.
+
+    The device is resolved here (``"auto"`` becomes ``"cpu"`` or ``"cuda:0"``), so a config names
+    where it runs and a request for a missing GPU fails before any work.
+    """
+    entry = _entry(experiment)
+    name = resolve_preset(preset)
+    allowed = parameter_names(experiment)
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r} for {experiment}; choose from {sorted(allowed)}")
+    values: dict[str, Any] = dict(entry.paper if name == "paper" else {**entry.paper, **entry.quick})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "device" in allowed:
+        values["device"] = str(resolve_device(values.get("device", "auto")))
+    return entry.config(**values)
+
+
+@dataclass(frozen=True)
+class ChangesTable:
+    """Parameter | this run | paper | why ``quick`` differs; renders as a table in a notebook."""
+
+    rows: tuple[tuple[str, str, str, str], ...]
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in ("parameter", "this run", "paper", "why quick differs"))
+        body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        return "\n".join(" | ".join(row) for row in self.rows)
+
+
+def changes(experiment: str, config: Any) -> ChangesTable:
+    """Every parameter of ``config`` beside the paper preset's value, with the reason ``quick`` differs."""
+    entry = _entry(experiment)
+    paper = get(experiment, "paper", device="cpu")
+    rows = []
+    for name in parameter_names(experiment):
+        if name in ("device", "seed"):
+            continue
+        this, reference = getattr(config, name), getattr(paper, name)
+        why = entry.why_quick.get(name, "") if this != reference else ""
+        rows.append((name, _show(this), _show(reference), why))
+    return ChangesTable(tuple(rows))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(_show(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,141 @@
+"""Pure samplers for in-context linear regression prompts.
+
+Shapes (the papers' letters): ``B`` prompts, ``n`` labelled context examples (query excluded),
+``d`` covariate dimension.
+
+- ``X``: (B, n, d) context covariates, ``y``: (B, n) their labels,
+- ``x_query``: (B, d), ``y_query``: (B,), ``w``: (B, d) the task vector.
+
+x ~ N(0, Σ); w ~ N(0, I_d) (family D-Σ) or w ~ N(0, Σ⁻¹) (D-distorted); y = ⟨w, x⟩ + σ·ε.
+Every sampler takes a keyword-only ``generator`` and draws on its device.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+
+from icl.config import finite_float, positive_int
+
+TaskPrior = Literal["identity", "inverse_covariance"]
+TASK_PRIORS: tuple[str, ...] = ("identity", "inverse_covariance")
+
+
+class RegressionBatch(NamedTuple):
+    """A batch of prompts; see the module docstring for shapes."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+    w: torch.Tensor
+
+
+def check_covariance(covariance: torch.Tensor, name: str = "covariance") -> torch.Tensor:
+    """Return ``covariance`` if it is a finite, symmetric positive definite (d, d) matrix, else raise.
+
+    Symmetry is checked to a relative 1e-6 (float32 round-off); positive definiteness by Cholesky.
+    """
+    if not isinstance(covariance, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (d, d), got {type(covariance).__name__}")
+    if covariance.ndim != 2 or covariance.shape[0] != covariance.shape[1] or covariance.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (d, d) with d >= 1, got {tuple(covariance.shape)}")
+    if not torch.isfinite(covariance).all():
+        raise ValueError(f"{name} has non-finite entries")
+    scale = covariance.abs().max().clamp_min(torch.finfo(covariance.dtype).tiny)
+    asymmetry = (covariance - covariance.T).abs().max() / scale
+    if asymmetry > 1e-6:
+        raise ValueError(f"{name} must be symmetric; max |Σ - Σᵀ| / max |Σ| = {asymmetry.item():.3g}")
+    _, info = torch.linalg.cholesky_ex(covariance.double())
+    if info.item() != 0:
+        eig_min = torch.linalg.eigvalsh(covariance.double()).min().item()
+        raise ValueError(f"{name} must be positive definite; its smallest eigenvalue is {eig_min:.3g}")
+    return covariance
+
+
+def random_rotation(dim: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A Haar-distributed orthogonal (d, d) matrix: QR of a Gaussian matrix with the sign of R's diagonal fixed."""
+    dim = positive_int("dim", dim)
+    gaussian = torch.randn(dim, dim, generator=generator, device=generator.device, dtype=dtype)
+    q, r = torch.linalg.qr(gaussian)
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+
+
+def condition_number_spectrum(dim: int, condition_number: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Eigenvalues 1 = λ₁ ≥ … ≥ λ_d = 1/κ, geometrically spaced; (d,). κ = 1 gives all ones."""
+    dim = positive_int("dim", dim)
+    condition_number = finite_float("condition_number", condition_number, minimum=1.0)
+    exponents = torch.linspace(0.0, 1.0, dim, dtype=dtype) if dim > 1 else torch.zeros(1, dtype=dtype)
+    return condition_number ** (-exponents)
+
+
+def covariance_from_spectrum(eigenvalues: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Σ = U diag(λ) Uᵀ with a Haar-random rotation U; eigenvalues: (d,) positive -> (d, d) float64."""
+    eigenvalues = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    if eigenvalues.ndim != 1 or eigenvalues.numel() == 0:
+        raise ValueError(f"eigenvalues must be a non-empty 1-d tensor, got shape {tuple(eigenvalues.shape)}")
+    if not (torch.isfinite(eigenvalues).all() and (eigenvalues > 0).all()):
+        raise ValueError(f"eigenvalues must be finite and positive, got {eigenvalues.tolist()}")
+    rotation = random_rotation(eigenvalues.numel(), generator=generator).to(eigenvalues.device)
+    covariance = (rotation * eigenvalues) @ rotation.T
+    return (covariance + covariance.T) / 2
+
+
+def covariance_from_condition_number(
+    dim: int, condition_number: float, *, generator: torch.Generator
+) -> torch.Tensor:
+    """A randomly rotated Σ with spectrum :func:`condition_number_spectrum`; κ = 1 gives exactly I_d."""
+    spectrum = condition_number_spectrum(dim, condition_number)
+    if condition_number == 1:
+        return torch.eye(dim, dtype=torch.float64)
+    return covariance_from_spectrum(spectrum, generator=generator)
+
+
+def sample_regression(
+    n_prompts: int,
+    n_context: int,
+    covariance: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    task_prior: TaskPrior = "identity",
+    noise_std: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> RegressionBatch:
+    """Draw ``n_prompts`` prompts of ``n_context`` labelled examples and one query each.
+
+    covariance: (d, d) or (E, d, d) for E independent task families (then every output gains a
+    leading E axis: X is (E, B, n, d)). x = L ε with Σ = L Lᵀ; w = L⁻ᵀ ε has covariance Σ⁻¹.
+    Randomness is drawn on ``generator``'s device, in ``dtype``.
+    """
+    n_prompts = positive_int("n_prompts", n_prompts)
+    n_context = positive_int("n_context", n_context)
+    noise_std = finite_float("noise_std", noise_std, minimum=0.0)
+    if task_prior not in TASK_PRIORS:
+        raise ValueError(f"unknown task_prior {task_prior!r}; choose one of {sorted(TASK_PRIORS)}")
+    device = generator.device
+    family = covariance.reshape(-1, *covariance.shape[-2:])
+    for i, cov in enumerate(family):
+        check_covariance(cov, "covariance" if covariance.ndim == 2 else f"covariance[{i}]")
+    lead = covariance.shape[:-2]
+    dim = covariance.shape[-1]
+    chol = torch.linalg.cholesky(covariance.to(device=device, dtype=torch.float64))  # (..., d, d)
+
+    raw = torch.randn(*lead, n_prompts, n_context + 1, dim, generator=generator, device=device, dtype=dtype)
+    xs = raw @ chol.to(dtype).unsqueeze(-3).mT  # rows are x = L ε: (..., B, n+1, d)
+    w = torch.randn(*lead, n_prompts, dim, generator=generator, device=device, dtype=dtype)
+    if task_prior == "inverse_covariance":
+        # w = L⁻ᵀ ε  <=>  Lᵀ w = ε; row form: w_rowᵀ = ε_rowᵀ L⁻¹.
+        w = torch.linalg.solve_triangular(chol.mT, w.unsqueeze(-1).to(torch.float64), upper=True)
+        w = w.squeeze(-1).to(dtype)
+    labels = (xs @ w.unsqueeze(-1)).squeeze(-1)  # (..., B, n+1)
+    if noise_std > 0:
+        noise = torch.randn(labels.shape, generator=generator, device=device, dtype=dtype)
+        labels = labels + noise_std * noise
+    return RegressionBatch(
+        X=xs[..., :n_context, :],
+        y=labels[..., :n_context],
+        x_query=xs[..., n_context, :],
+        y_query=labels[..., n_context],
+        w=w,
+    )

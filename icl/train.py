@@ -1,0 +1,116 @@
+"""A plain training loop: fresh prompts every step, Adam, a cosine learning-rate decay.
+
+The loop knows nothing of the model beyond ``model(Z)`` and :func:`icl.tokens.read_out`. With an
+ensemble of E models the objective is the *sum* of their mean squared errors: Adam's update is
+elementwise, so each model trains exactly as it would alone (no global gradient clipping).
+
+Checkpoints (model, optimiser, loss history, the training generator's state) are written
+atomically every ``checkpoint_every`` steps; a run restarted with the same checkpoint path
+resumes bit-for-bit where the last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from icl.config import finite_float, positive_int
+from icl.store import atomic_torch_save
+from icl.tasks import RegressionBatch
+from icl.tokens import read_out, to_tokens
+
+PromptSampler = Callable[[torch.Generator], RegressionBatch]
+"""Draws one training batch: X (E, B, n, d), y (E, B, n), x_query (E, B, d), y_query (E, B)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings. The learning rate decays from ``learning_rate`` to
+    ``final_learning_rate_fraction · learning_rate`` along a cosine over ``steps``."""
+
+    steps: int
+    learning_rate: float = 1e-2
+    final_learning_rate_fraction: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        positive_int("train_steps", self.steps)
+        finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True)
+        fraction = finite_float("final_learning_rate_fraction", self.final_learning_rate_fraction, minimum=0.0)
+        if fraction > 1:
+            raise ValueError(f"final_learning_rate_fraction must be in [0, 1], got {fraction!r}")
+        positive_int("checkpoint_every", self.checkpoint_every)
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based)."""
+        progress = step / max(self.steps - 1, 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        low = self.final_learning_rate_fraction
+        return self.learning_rate * (low + (1 - low) * cosine)
+
+
+class TrainResult(NamedTuple):
+    """losses: (steps, E), the training MSE of every model at every step (on that step's fresh prompts)."""
+
+    losses: torch.Tensor
+
+
+def train(
+    model: torch.nn.Module,
+    sample: PromptSampler,
+    config: TrainConfig,
+    *,
+    generator: torch.Generator,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> TrainResult:
+    """Train ``model`` in place on fresh prompts from ``sample(generator)``; returns the loss curves.
+
+    If ``checkpoint`` exists it is loaded and training resumes from its step (the caller keys the path
+    by the run's configuration, so a checkpoint is never shared between different runs). It is
+    deleted after the last step: the caller's result store takes over.
+    """
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
+    start, history = 0, []
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=True, map_location=generator.device)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"].cpu())
+        start, history = int(state["step"]), list(state["losses"])
+
+    bar = tqdm(range(start, config.steps), desc=description, disable=not progress, initial=start, total=config.steps)
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = config.learning_rate_at(step)
+        batch = sample(generator)
+        predictions = read_out(model(to_tokens(batch.X, batch.y, batch.x_query)))
+        per_model = ((predictions - batch.y_query) ** 2).mean(-1)  # (E,)
+        optimiser.zero_grad(set_to_none=True)
+        per_model.sum().backward()
+        optimiser.step()
+        history.append(per_model.detach())
+        if (step + 1) % 100 == 0:
+            bar.set_postfix(mse=f"{per_model.mean().item():.4f}")
+        done = step + 1
+        if checkpoint is not None and done % config.checkpoint_every == 0 and done < config.steps:
+            state = {
+                "step": done,
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "generator": generator.get_state(),
+                "losses": torch.stack(history),
+            }
+            atomic_torch_save(state, checkpoint)
+    bar.close()
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+    return TrainResult(losses=torch.stack(history).cpu() if history else torch.empty(0))
