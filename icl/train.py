@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from icl.config import finite_float, positive_int
 from icl.store import atomic_torch_save
@@ -87,7 +87,11 @@ def train(
         generator.set_state(state["generator"].cpu())
         start, history = int(state["step"]), list(state["losses"])
 
-    bar = tqdm(range(start, config.steps), desc=description, disable=not progress, initial=start, total=config.steps)
+    # A plain text bar (no widgets), refreshed every 2 s so that notebooks and CI logs stay small.
+    bar = tqdm(
+        range(start, config.steps), desc=description, disable=not progress, initial=start, total=config.steps,
+        mininterval=2.0,
+    )
     for step in bar:
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(step)

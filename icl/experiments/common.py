@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,18 +28,21 @@ def fit_cached(
     *,
     generator: torch.Generator,
     progress: bool,
+    description: str = "",
 ) -> torch.Tensor:
     """Train ``model`` in place, or load its trained weights from the store; returns the loss curves (steps, E).
 
-    The store key is (``name``/``part``, ``config``, icl's source hash). While training, a checkpoint
+    The store key is (``name``-``part``, ``config``, icl's source hash); ``part`` is a short slug
+    naming the sub-run (``"n20"``). While training, a checkpoint
     under the same key lets a killed run resume; the trained state is stored only once complete.
     """
-    key = f"{name}/{part}"
+    key = f"{name}-{part}"
 
     def compute() -> dict[str, Any]:
         checkpoint = store.checkpoint_path(store.config_key(key, config))
         result = train(
-            model, sample, train_config, generator=generator, checkpoint=checkpoint, progress=progress, description=part
+            model, sample, train_config, generator=generator, checkpoint=checkpoint, progress=progress,
+            description=description or part,
         )
         return {"state": model.state_dict(), "losses": result.losses}
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 
 from icl import baselines, evaluate, rng, tasks, theory
+from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, one_of, positive_int
 from icl.experiments.common import downsample_curve, fit_cached, validate_seed
 from icl.models import LinearTransformer, add_balanced_initialisation_
@@ -79,6 +80,8 @@ class OneStepPGDResult(NamedTuple):
     error_to_inverse: torch.Tensor  # (K, S) ‖A − Σ⁻¹‖_F / ‖Σ⁻¹‖_F
     label_row_ratio: torch.Tensor  # (K, S) ‖P[d, :d]‖ / |P[d, d]|: theory says 0
     key_column_ratio: torch.Tensor  # (K, S) ‖Q[d, :d]‖ / ‖Q[:d, :d]‖_F: theory says 0
+    initial_label_row_ratio: torch.Tensor  # (K, S) the same two ratios at initialisation
+    initial_key_column_ratio: torch.Tensor  # (K, S)
     test_loss: torch.Tensor  # (K, S) Monte Carlo MSE of the trained model
     test_loss_se: torch.Tensor  # (K, S) its standard error
     optimal_test_loss: torch.Tensor  # (K, S) Monte Carlo MSE of ŷ = x_qᵀ Γ* h on the same prompts
@@ -109,7 +112,14 @@ def covariances(config: OneStepPGDConfig) -> torch.Tensor:
     return torch.stack([torch.eye(config.dim, dtype=torch.float64, device=config.device).expand_as(ill), ill])
 
 
-def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int, progress: bool):
+class _Trained(NamedTuple):
+    model: LinearTransformer
+    losses: torch.Tensor  # (steps, E)
+    eval_generator: torch.Generator
+    initial: dict[str, torch.Tensor]  # :func:`_read` of the untrained model
+
+
+def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int, progress: bool) -> _Trained:
     """Train one ensemble (one model per covariance in ``covariance``: (E, d, d)) at context length n."""
     streams = rng.streams(config.seed, config.device, part=part)
     model = LinearTransformer(
@@ -118,6 +128,7 @@ def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int
     )
     if config.initialisation == "balanced":
         add_balanced_initialisation_(model, config.init_scale, generator=streams.init)
+    initial = _read(model)
     covariance32 = covariance.float()
 
     def sample(generator: torch.Generator) -> tasks.RegressionBatch:
@@ -125,15 +136,17 @@ def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int
 
     train_config = TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate)
     losses = fit_cached(
-        NAME, config, f"n={n}, {covariance.shape[0]} models", model, sample, train_config,
-        generator=streams.train, progress=progress,
+        NAME, config, f"n{n}", model, sample, train_config, generator=streams.train, progress=progress,
+        description=f"n={n}, {covariance.shape[0]} models",
     )
-    return model, losses, streams.eval
+    return _Trained(model, losses, streams.eval, initial)
 
 
 @torch.no_grad()
-def _test_losses(model: LinearTransformer, covariance: torch.Tensor, n: int, config: OneStepPGDConfig, generator):
-    """Monte Carlo MSE (and s.e.) of the model and of the Γ* predictor on the same ``n_test`` prompts. -> 3 × (E,)."""
+def _test_losses(
+    model: LinearTransformer, covariance: torch.Tensor, n: int, config: OneStepPGDConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Monte Carlo MSE and its s.e. for the model, and the MSE of the Γ* predictor, on the same prompts. -> 3 × (E,)."""
     optimal = torch.stack([theory.optimal_preconditioner(c, n) for c in covariance]).float().unsqueeze(1)
     model_errors, optimal_errors = [], []
     for start in range(0, config.n_test, EVAL_CHUNK):
@@ -166,21 +179,22 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
     start = time.perf_counter()
     K, S = len(KINDS), config.n_seeds
     covariance = covariances(config)  # (K, S, d, d)
-    model, losses, eval_generator = _train(config, covariance.reshape(K * S, config.dim, config.dim), config.n_context, 0, progress)
-    read = {k: v.reshape(K, S, *v.shape[1:]) for k, v in _read(model).items()}
-    loss, loss_se, optimal_mc = (
-        x.reshape(K, S) for x in _test_losses(model, covariance.reshape(K * S, config.dim, config.dim), config.n_context, config, eval_generator)
-    )
     n = config.n_context
+    flat_covariance = covariance.reshape(K * S, config.dim, config.dim)
+    main = _train(config, flat_covariance, n, 0, progress)
+    read = {k: v.reshape(K, S, *v.shape[1:]) for k, v in _read(main.model).items()}
+    initial = {k: v.reshape(K, S) for k, v in main.initial.items() if k.endswith("ratio")}
+    loss, loss_se, optimal_mc = (
+        x.reshape(K, S) for x in _test_losses(main.model, flat_covariance, n, config, main.eval_generator)
+    )
     optimal = torch.stack([torch.stack([theory.optimal_preconditioner(c, n) for c in kind]) for kind in covariance])
     inverse = torch.linalg.inv(covariance)
     one = covariance[:, 0]  # the closed-form losses depend on Σ's spectrum only, shared by all seeds
     optimal_loss = torch.stack([theory.optimal_one_step_loss(c, n) for c in one])
     inverse_loss = torch.stack([theory.one_step_loss(torch.linalg.inv(c), c, n) for c in one])
-    gd_loss = torch.stack(
-        [theory.one_step_loss(theory.optimal_gd_step_size(c, n) * torch.eye(config.dim, dtype=c.dtype, device=c.device), c, n) for c in one]
-    )
-    steps, curve = downsample_curve(losses)
+    eye = torch.eye(config.dim, dtype=torch.float64, device=covariance.device)
+    gd_loss = torch.stack([theory.one_step_loss(theory.optimal_gd_step_size(c, n) * eye, c, n) for c in one])
+    steps, curve = downsample_curve(main.losses)
 
     sweep_errors, sweep_inverse, sweep_gap, sweep_ratio = [], [], [], []
     for part, n_sweep in enumerate(config.n_context_sweep, start=1):
@@ -188,9 +202,9 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
         if n_sweep == n:
             learned, mc = read["learned"][1], loss[1]
         else:
-            sweep_model, _, sweep_eval = _train(config, ill, n_sweep, part, progress)
-            learned = _read(sweep_model)["learned"]
-            mc = _test_losses(sweep_model, ill, n_sweep, config, sweep_eval)[0]
+            trained = _train(config, ill, n_sweep, part, progress)
+            learned = _read(trained.model)["learned"]
+            mc = _test_losses(trained.model, ill, n_sweep, config, trained.eval_generator)[0]
         gamma = torch.stack([theory.optimal_preconditioner(c, n_sweep) for c in ill])
         sweep_errors.append(evaluate.relative_error(learned, gamma))
         sweep_inverse.append(evaluate.relative_error(learned, inverse[1]))
@@ -207,6 +221,8 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
         error_to_inverse=cpu(evaluate.relative_error(read["learned"], inverse)),
         label_row_ratio=cpu(read["label_row_ratio"]),
         key_column_ratio=cpu(read["key_column_ratio"]),
+        initial_label_row_ratio=cpu(initial["label_row_ratio"]),
+        initial_key_column_ratio=cpu(initial["key_column_ratio"]),
         test_loss=cpu(loss),
         test_loss_se=cpu(loss_se),
         optimal_test_loss=cpu(optimal_mc),
@@ -223,6 +239,43 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
         sweep_loss_ratio=cpu(torch.stack(sweep_ratio)),
         elapsed_seconds=time.perf_counter() - start,
     )
+
+
+def claim_checks(result: OneStepPGDResult) -> ClaimChecks:
+    """The chapter's claim checks; the tolerances and their reasons are stated in the chapter."""
+    checks = ClaimChecks()
+    n_seeds = result.test_loss.shape[1]
+    for k, kind in enumerate(KINDS):
+        error = result.error_to_optimal[k].max().item()
+        checks.at_most(
+            f"{kind}: max relative error of A to Γ*", error, 0.02, reason="2 %, over the quick budget's convergence"
+        )
+        checks.at_least(
+            f"{kind}: error to Σ⁻¹ / error to Γ*", result.error_to_inverse[k].min().item() / error, 5.0,
+            reason="tells Γ* from the naive Σ⁻¹",
+        )
+        se = (result.test_loss_se[k] ** 2).mean().sqrt().item() / n_seeds**0.5
+        checks.close(
+            f"{kind}: test MSE (s.e. {se:.4f})", result.test_loss[k].mean().item(), result.optimal_loss[k].item(),
+            rtol=0.02, reason="2 % of f*; s.e. shown",
+        )
+        checks.close(
+            f"{kind}: test MSE / Γ* predictor's on the same prompts",
+            (result.test_loss[k] / result.optimal_test_loss[k]).max().item(), 1.0, rtol=0.01,
+            reason="paired: the Monte Carlo noise cancels",
+        )
+        checks.at_most(
+            f"{kind}: test MSE / zero predictor's", (result.test_loss[k] / result.zero_loss[k]).max().item(), 0.5,
+            reason="beats ŷ = 0 by half",
+        )
+    worst = result.sweep_error_to_optimal.max().item()
+    checks.at_most("sweep over n: max relative error of A to Γ*(n)", worst, 0.02, reason="2 %, every n of the sweep")
+    checks.at_least(
+        "sweep over n: error to Σ⁻¹ / error to Γ*(n)",
+        (result.sweep_error_to_inverse / result.sweep_error_to_optimal).min().item(), 5.0,
+        reason="tells Γ*(n) from Σ⁻¹ at every n",
+    )
+    return checks
 
 
 def key_arrays(result: OneStepPGDResult) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""Every chapter in _toc.yml executes end to end through ``python -m icl run`` at tiny parameters.
+
+At these sizes a training chapter is too short to reproduce its claim, so its claim checks must
+fail: that is the point of the second test (a check that cannot fail protects nothing). The book
+build runs every chapter at the ``quick`` preset, where the checks must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOC_CHAPTERS = re.findall(r"file:\s*(book/\S+)", (ROOT / "_toc.yml").read_text())
+
+# Small enough to run in seconds; chapters without training run at their defaults.
+TINY = {
+    "book/02_one_step_pgd": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_context=6"],
+}
+
+pytestmark = pytest.mark.notebooks
+
+
+def run_chapter(chapter: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "icl", "run", f"{chapter}.md", "--device", "cpu", "--out", str(out), *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_toc_lists_every_chapter_file() -> None:
+    on_disk = sorted(f"book/{p.stem}" for p in (ROOT / "book").glob("[0-9][0-9]_*.md"))
+    assert sorted(c for c in TOC_CHAPTERS if c != "book/intro") == on_disk
+
+
+@pytest.mark.parametrize("chapter", [c for c in TOC_CHAPTERS if c not in TINY and c != "book/intro"])
+def test_chapter_without_training_passes(chapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICL_STORE", str(tmp_path / "store"))
+    process = run_chapter(chapter, tmp_path / "out")
+    assert process.returncode == 0, process.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / f"{Path(chapter).name}.json").read_text())
+    assert record["passed"] and record["claim_checks"]
+    assert all(c["passed"] for c in record["claim_checks"])
+    assert (tmp_path / "out" / f"{Path(chapter).name}.ipynb").exists()
+
+
+@pytest.mark.parametrize("chapter", sorted(TINY))
+def test_undertrained_chapter_fails_its_claim_check(chapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICL_STORE", str(tmp_path / "store"))
+    process = run_chapter(chapter, tmp_path / "out", *TINY[chapter])
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert "FAILED" in process.stdout
+    record = json.loads((tmp_path / "out" / f"{Path(chapter).name}.json").read_text())
+    assert record["passed"] is False
+    assert any(not c["passed"] for c in record["claim_checks"])
+    for key in ("config", "versions", "elapsed_seconds", "arrays", "parameters"):
+        assert key in record
+    assert record["config"]["train_steps"] == 5
+    # Nothing half-written: only the two results, no temporary files.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"{Path(chapter).name}.ipynb", f"{Path(chapter).name}.json"]
+    )

@@ -1,0 +1,102 @@
+"""The chapter experiments at tiny sizes: reproducible, cached, and their claim checks can fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl import evaluate, presets
+from icl.checks import ClaimCheckFailed
+from icl.experiments import common, one_step_pgd
+
+TINY = dict(
+    dim=3, n_context=6, n_context_sweep=(4, 6), n_seeds=2, train_steps=40, batch_size=64, n_test=2000, device="cpu"
+)
+
+
+def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> one_step_pgd.OneStepPGDResult:
+    monkeypatch.setenv("ICL_STORE", store)
+    config = presets.get("one_step_pgd", "quick", **{**TINY, **changes})
+    return one_step_pgd.run(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[one_step_pgd.OneStepPGDResult, str]:
+    """One tiny run shared by the tests of this module, and the store that holds it."""
+    store = str(tmp_path_factory.mktemp("store"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return tiny_result(monkeypatch, store), store
+
+
+def assert_same(a: one_step_pgd.OneStepPGDResult, b: one_step_pgd.OneStepPGDResult) -> None:
+    for name, value in a._asdict().items():
+        if name == "elapsed_seconds":
+            continue
+        assert torch.equal(value, getattr(b, name)), name
+
+
+def test_same_seed_gives_identical_numbers(stored, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    second = tiny_result(monkeypatch, str(tmp_path))  # another store: recomputed, not loaded
+    assert_same(stored[0], second)
+
+
+def test_another_seed_gives_other_numbers(stored, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    other = tiny_result(monkeypatch, str(tmp_path), seed=1)
+    assert not torch.equal(stored[0].learned, other.learned)
+    assert not torch.equal(stored[0].covariance[1], other.covariance[1])
+
+
+def test_second_run_comes_from_the_store(stored, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again although the store holds the result")
+
+    monkeypatch.setattr(common, "train", no_training)
+    assert_same(stored[0], tiny_result(monkeypatch, stored[1]))
+
+
+def test_result_shapes(stored) -> None:
+    r = stored[0]
+    K, S, d, N = 2, TINY["n_seeds"], TINY["dim"], len(TINY["n_context_sweep"])
+    assert r.learned.shape == r.optimal.shape == r.covariance.shape == (K, S, d, d)
+    assert r.test_loss.shape == r.error_to_optimal.shape == (K, S)
+    assert r.sweep_error_to_optimal.shape == (N, S)
+    assert torch.equal(r.covariance[0], torch.eye(d, dtype=torch.float64).expand(S, d, d))
+
+
+def test_undertrained_run_fails_its_claim_checks(stored) -> None:
+    checks = one_step_pgd.claim_checks(stored[0])
+    assert not checks.passed
+    with pytest.raises(ClaimCheckFailed):
+        checks.verify()
+
+
+def exact_result(r: one_step_pgd.OneStepPGDResult) -> one_step_pgd.OneStepPGDResult:
+    """The tiny result with every measured quantity replaced by the theory's value, up to small noise."""
+    inverse = torch.linalg.inv(r.covariance)
+    return r._replace(
+        learned=r.optimal,
+        error_to_optimal=torch.full_like(r.error_to_optimal, 1e-3),
+        error_to_inverse=evaluate.relative_error(r.optimal, inverse),
+        test_loss=r.optimal_loss[:, None].expand_as(r.test_loss).clone(),
+        optimal_test_loss=r.optimal_loss[:, None].expand_as(r.test_loss).clone(),
+        sweep_error_to_optimal=torch.full_like(r.sweep_error_to_optimal, 1e-3),
+        sweep_error_to_inverse=r.sweep_optimal_to_inverse,
+    )
+
+
+def test_checks_pass_on_the_theory_and_fail_on_the_naive_answer(stored) -> None:
+    exact = exact_result(stored[0])
+    one_step_pgd.claim_checks(exact).verify()
+    # A model that learned Σ⁻¹ instead of Γ*: its error to Γ* is the theory's gap, its error to Σ⁻¹ zero.
+    inverse = torch.linalg.inv(exact.covariance)
+    naive = exact._replace(
+        error_to_optimal=evaluate.relative_error(inverse, exact.optimal),
+        error_to_inverse=torch.full_like(exact.error_to_inverse, 1e-3),
+    )
+    with pytest.raises(ClaimCheckFailed) as failure:
+        one_step_pgd.claim_checks(naive).verify()
+    failed = {c.name for c in failure.value.checks if not c.passed}
+    assert "ill-conditioned: error to Σ⁻¹ / error to Γ*" in failed
+    # A loss 5 % above the optimum fails the loss checks.
+    worse = exact._replace(test_loss=exact.test_loss * 1.05)
+    assert not one_step_pgd.claim_checks(worse).passed
