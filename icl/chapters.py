@@ -27,12 +27,13 @@ class Chapter:
     slug: str
     title: str
     experiment: str | None
+    sizes: tuple[str, ...] = ()  # parameters that must be integers >= 1 (for chapters without an experiment config)
 
 
 CHAPTERS: dict[str, Chapter] = {
     c.slug: c
     for c in (
-        Chapter("01_setup_and_notation", "Setup and notation", None),
+        Chapter("01_setup_and_notation", "Setup and notation", None, sizes=("dim", "n_context")),
         Chapter("02_one_step_pgd", "One layer of linear attention is one step of preconditioned GD", "one_step_pgd"),
     )
 }

@@ -58,10 +58,12 @@ class ClaimCheckFailed(AssertionError):
         super().__init__(f"{len(failed)} of {len(self.checks)} claim checks failed:\n{lines}")
 
 
-def _number(name: str, value: Any) -> float:
+def _number(name: str, value: Any, *, finite: bool = False) -> float:
     value = float(value)
     if math.isnan(value):
         raise ValueError(f"claim check {name!r} got NaN")
+    if finite and math.isinf(value):
+        raise ValueError(f"claim check {name!r} needs a finite expected value or bound, got {value}")
     return value
 
 
@@ -81,7 +83,7 @@ class ClaimChecks:
         self, name: str, measured: float, expected: float, *, rtol: float = 0.0, atol: float = 0.0, reason: str
     ) -> Check:
         """Pass when |measured − expected| ≤ atol + rtol·|expected|."""
-        measured, expected = _number(name, measured), _number(name, expected)
+        measured, expected = _number(name, measured), _number(name, expected, finite=True)
         if rtol < 0 or atol < 0 or rtol + atol == 0:
             raise ValueError(f"claim check {name!r} needs rtol >= 0, atol >= 0 and one of them > 0")
         tolerance = atol + rtol * abs(expected)
@@ -89,12 +91,12 @@ class ClaimChecks:
 
     def at_most(self, name: str, measured: float, bound: float, *, reason: str) -> Check:
         """Pass when measured ≤ bound."""
-        measured, bound = _number(name, measured), _number(name, bound)
+        measured, bound = _number(name, measured), _number(name, bound, finite=True)
         return self._add(Check(name, "at_most", measured, bound, 0.0, measured <= bound, reason))
 
     def at_least(self, name: str, measured: float, bound: float, *, reason: str) -> Check:
         """Pass when measured ≥ bound."""
-        measured, bound = _number(name, measured), _number(name, bound)
+        measured, bound = _number(name, measured), _number(name, bound, finite=True)
         return self._add(Check(name, "at_least", measured, bound, 0.0, measured >= bound, reason))
 
     @property

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from icl import __version__, chapters, presets
+from icl.config import positive_int
 from icl.device import resolve_device
 from icl.store import atomic_write_text
 
@@ -63,8 +64,9 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
         chapter = chapters.chapter_of(args.chapter)
         preset = presets.resolve_preset(args.preset)
         resolve_device(args.device)
-        if args.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {args.seed}")
+        if not args.seed.isdigit():
+            raise ValueError(f"seed must be an integer >= 0, got {args.seed!r}")
+        seed = int(args.seed)
         notebook = chapters.read_notebook(args.chapter)
         defaults = chapters.parameters_of(notebook)
         overrides = dict(_parse_assignment(p) for p in args.parameter)
@@ -74,7 +76,9 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
         for reserved in ("preset", "device", "seed"):
             if reserved in overrides:
                 raise ValueError(f"set {reserved} with --{reserved}, not -p")
-        parameters = {**overrides, "preset": preset, "device": args.device, "seed": args.seed}
+        parameters = {**overrides, "preset": preset, "device": args.device, "seed": seed}
+        for name in chapter.sizes:
+            positive_int(name, parameters.get(name, defaults.get(name)))
         if chapter.experiment is not None:
             fields = set(presets.parameter_names(chapter.experiment))
             presets.get(chapter.experiment, preset, **{k: v for k, v in parameters.items() if k in fields and k != "preset"})
@@ -165,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     run_parser.add_argument("chapter", help="path to a chapter, e.g. book/02_one_step_pgd.md")
     run_parser.add_argument("--preset", default=None, help="quick (default, or $ICL_PRESET) or paper")
     run_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
-    run_parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    run_parser.add_argument("--seed", default="0", help="base seed, an integer >= 0 (default 0)")
     run_parser.add_argument("-p", dest="parameter", action="append", default=[], metavar="NAME=VALUE",
                             help="override a parameter of the chapter's parameters cell (repeatable)")
     run_parser.add_argument("--out", default="runs", help="output folder (default: runs/)")

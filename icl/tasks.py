@@ -126,7 +126,7 @@ def sample_regression(
     w = torch.randn(*lead, n_prompts, dim, generator=generator, device=device, dtype=dtype)
     if task_prior == "inverse_covariance":
         # w = L⁻ᵀ ε  <=>  Lᵀ w = ε; row form: w_rowᵀ = ε_rowᵀ L⁻¹.
-        w = torch.linalg.solve_triangular(chol.mT, w.unsqueeze(-1).to(torch.float64), upper=True)
+        w = torch.linalg.solve_triangular(chol.mT.unsqueeze(-3), w.unsqueeze(-1).to(torch.float64), upper=True)
         w = w.squeeze(-1).to(dtype)
     labels = (xs @ w.unsqueeze(-1)).squeeze(-1)  # (..., B, n+1)
     if noise_std > 0:

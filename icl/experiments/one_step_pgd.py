@@ -34,7 +34,12 @@ INITIALISATIONS: tuple[str, ...] = ("balanced", "random")
 
 @dataclass(frozen=True)
 class OneStepPGDConfig:
-    """The experiment's parameters; every field is validated on construction."""
+    """The experiment's parameters; every field is validated on construction.
+
+    ``batch_size`` is the number of prompts per Adam step at n = ``n_context``; the runs of the sweep
+    over n keep the number of context examples per step, ``batch_size · n_context``, the same, so
+    that short prompts get more of them (their gradients are noisier) and every run costs alike.
+    """
 
     dim: int = 5
     n_context: int = 20
@@ -52,19 +57,20 @@ class OneStepPGDConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        positive_int("dim", self.dim)
-        positive_int("n_context", self.n_context)
-        finite_float("condition_number", self.condition_number, minimum=1.0)
-        object.__setattr__(self, "n_context_sweep", int_tuple("n_context_sweep", self.n_context_sweep))
-        positive_int("n_seeds", self.n_seeds)
-        positive_int("train_steps", self.train_steps)
-        positive_int("batch_size", self.batch_size)
-        finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True)
+        # Keep the normalised values (int, float, tuple), so that equal configs have equal store keys.
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        for name in ("dim", "n_context", "n_seeds", "train_steps", "batch_size"):
+            put(name, positive_int(name, getattr(self, name)))
+        put("condition_number", finite_float("condition_number", self.condition_number, minimum=1.0))
+        put("n_context_sweep", int_tuple("n_context_sweep", self.n_context_sweep))
+        put("learning_rate", finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True))
         one_of("initialisation", self.initialisation, INITIALISATIONS)
-        finite_float("init_scale", self.init_scale, minimum=0.0)
-        finite_float("init_std", self.init_std, minimum=0.0, strict=True)
-        positive_int("n_test", self.n_test, minimum=2)
-        validate_seed(self.seed)
+        put("init_scale", finite_float("init_scale", self.init_scale, minimum=0.0))
+        put("init_std", finite_float("init_std", self.init_std, minimum=0.0, strict=True))
+        put("n_test", positive_int("n_test", self.n_test, minimum=2))
+        put("seed", validate_seed(self.seed))
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
 
@@ -131,8 +137,10 @@ def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int
     initial = _read(model)
     covariance32 = covariance.float()
 
+    batch_size = max(1, round(config.batch_size * config.n_context / n))
+
     def sample(generator: torch.Generator) -> tasks.RegressionBatch:
-        return tasks.sample_regression(config.batch_size, n, covariance32, generator=generator)
+        return tasks.sample_regression(batch_size, n, covariance32, generator=generator)
 
     train_config = TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate)
     losses = fit_cached(

@@ -1,0 +1,168 @@
+"""The classical in-context regressors against references: pinv, closed forms, and each other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl import baselines, tasks
+
+F64 = torch.float64
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def batch(n: int = 12, d: int = 4, B: int = 8, seed: int = 0, noise_std: float = 0.0) -> tasks.RegressionBatch:
+    covariance = tasks.covariance_from_condition_number(d, 4.0, generator=gen(seed + 50))
+    return tasks.sample_regression(B, n, covariance, generator=gen(seed), noise_std=noise_std, dtype=F64)
+
+
+def moments(b: tasks.RegressionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    n = b.X.shape[-2]
+    return b.X.mT @ b.X / n, torch.einsum("bnd,bn->bd", b.X, b.y) / n
+
+
+def pinv_prediction(b: tasks.RegressionBatch) -> torch.Tensor:
+    w = (torch.linalg.pinv(b.X) @ b.y.unsqueeze(-1)).squeeze(-1)
+    return (w * b.x_query).sum(-1)
+
+
+def test_zero_predicts_zero_with_the_right_shape() -> None:
+    b = batch()
+    assert torch.equal(baselines.zero(b.X, b.y, b.x_query), torch.zeros(8, dtype=F64))
+    stacked = torch.zeros(2, 5, 3)
+    assert baselines.zero(stacked, stacked[..., 0], stacked[:, :, 0]).shape == (2,)
+
+
+@pytest.mark.parametrize("n", [4, 12])
+def test_least_squares_recovers_w_without_noise(n: int) -> None:
+    b = batch(n=n)
+    # The normal equations square the condition number; n = d is the worst case.
+    torch.testing.assert_close(baselines.least_squares(b.X, b.y, b.x_query), b.y_query, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_least_squares_is_min_norm_below_d(n: int) -> None:
+    b = batch(n=n)
+    prediction = baselines.least_squares(b.X, b.y, b.x_query)
+    torch.testing.assert_close(prediction, pinv_prediction(b), rtol=0, atol=1e-10)
+    assert (prediction - b.y_query).abs().max() > 1e-3  # under-determined: w is not recovered
+
+
+def test_least_squares_with_noise_matches_pinv() -> None:
+    b = batch(n=20, noise_std=0.5)
+    torch.testing.assert_close(baselines.least_squares(b.X, b.y, b.x_query), pinv_prediction(b), rtol=0, atol=1e-10)
+
+
+def test_least_squares_handles_an_ensemble_axis() -> None:
+    b = batch()
+    stacked = [torch.stack([t, 2 * t]) for t in (b.X, b.y, b.x_query)]
+    prediction = baselines.least_squares(*stacked)
+    assert prediction.shape == (2, 8)
+    torch.testing.assert_close(prediction[1], 2 * prediction[0], rtol=1e-10, atol=1e-10)
+
+
+def test_ridge_is_the_closed_form_and_tends_to_least_squares() -> None:
+    b = batch(n=15, noise_std=0.3)
+    S, h = moments(b)
+    lam = 0.7
+    w = torch.linalg.solve(S + lam * torch.eye(4, dtype=F64), h.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(baselines.ridge(b.X, b.y, b.x_query, lam), (w * b.x_query).sum(-1), rtol=0, atol=1e-12)
+    least = baselines.least_squares(b.X, b.y, b.x_query)
+    gaps = [(baselines.ridge(b.X, b.y, b.x_query, lam) - least).abs().max().item() for lam in (1.0, 1e-2, 1e-4, 1e-8)]
+    assert all(later < earlier for earlier, later in zip(gaps, gaps[1:], strict=False))
+    assert gaps[0] > 1e-2 and gaps[-1] < 1e-6
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_ridge_rejects_non_positive_regularisation(bad: float) -> None:
+    b = batch()
+    with pytest.raises(ValueError, match="regularisation"):
+        baselines.ridge(b.X, b.y, b.x_query, bad)
+
+
+def test_one_step_with_the_inverse_second_moment_is_least_squares() -> None:
+    b = batch(n=12)
+    S, _ = moments(b)
+    prediction = baselines.preconditioned_gd(b.X, b.y, b.x_query, torch.linalg.inv(S))
+    torch.testing.assert_close(prediction, baselines.least_squares(b.X, b.y, b.x_query), rtol=0, atol=1e-10)
+
+
+def test_one_step_is_x_query_a_h() -> None:
+    b = batch()
+    _, h = moments(b)
+    A = torch.randn(4, 4, generator=gen(1), dtype=F64)
+    expected = torch.einsum("bd,de,be->b", b.x_query, A, h)  # x_qᵀ A h: A itself, not Aᵀ
+    torch.testing.assert_close(baselines.preconditioned_gd(b.X, b.y, b.x_query, A), expected, rtol=0, atol=1e-12)
+
+
+def test_two_steps_follow_the_recursion() -> None:
+    b = batch()
+    S, h = moments(b)
+    A0, A1 = (torch.randn(4, 4, generator=gen(s), dtype=F64) / 4 for s in (2, 3))
+    w1 = h @ A0.T
+    w2 = w1 - (torch.einsum("bde,be->bd", S, w1) - h) @ A1.T
+    prediction = baselines.preconditioned_gd(b.X, b.y, b.x_query, [A0, A1], n_steps=2)
+    torch.testing.assert_close(prediction, (w2 * b.x_query).sum(-1), rtol=0, atol=1e-12)
+
+
+def test_many_small_gd_steps_approach_least_squares() -> None:
+    b = batch(n=30)
+    S, _ = moments(b)
+    step_size = 1 / torch.linalg.eigvalsh(S)[:, -1].max().item()  # stable for every prompt
+    least = baselines.least_squares(b.X, b.y, b.x_query)
+    gaps = [(baselines.gd(b.X, b.y, b.x_query, step_size, n_steps=k) - least).abs().max().item() for k in (5, 50, 1000)]
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[0] > 1e-2 and gaps[2] < 1e-6
+
+
+def test_gd_equals_preconditioned_gd_with_a_scaled_identity() -> None:
+    b = batch()
+    eye = torch.eye(4, dtype=F64)
+    torch.testing.assert_close(
+        baselines.gd(b.X, b.y, b.x_query, 0.3, n_steps=3),
+        baselines.preconditioned_gd(b.X, b.y, b.x_query, 0.3 * eye, n_steps=3),
+        rtol=0,
+        atol=1e-14,
+    )
+    torch.testing.assert_close(
+        baselines.gd(b.X, b.y, b.x_query, [0.1, 0.5], n_steps=2),
+        baselines.preconditioned_gd(b.X, b.y, b.x_query, [0.1 * eye, 0.5 * eye], n_steps=2),
+        rtol=0,
+        atol=1e-14,
+    )
+
+
+def test_batched_preconditioners_per_model() -> None:
+    b = batch()
+    stacked = [torch.stack([t, t]) for t in (b.X, b.y, b.x_query)]
+    A = torch.stack([torch.eye(4, dtype=F64), 2 * torch.eye(4, dtype=F64)]).unsqueeze(1)  # (E, 1, d, d)
+    prediction = baselines.preconditioned_gd(*stacked, A)
+    torch.testing.assert_close(prediction[1], 2 * prediction[0], rtol=1e-12, atol=0)
+
+
+def test_baselines_keep_the_input_dtype_and_shape() -> None:
+    b = batch()
+    X, y, x_query = (t.float() for t in (b.X, b.y, b.x_query))
+    for prediction in (
+        baselines.least_squares(X, y, x_query),
+        baselines.ridge(X, y, x_query, 0.1),
+        baselines.preconditioned_gd(X, y, x_query, torch.eye(4, dtype=F64)),
+        baselines.gd(X, y, x_query, 0.1),
+    ):
+        assert prediction.shape == (8,) and prediction.dtype == torch.float32
+
+
+def test_wrong_number_of_preconditioners() -> None:
+    b = batch()
+    eye = torch.eye(4, dtype=F64)
+    with pytest.raises(ValueError, match="got 2 preconditioners for n_steps=3"):
+        baselines.preconditioned_gd(b.X, b.y, b.x_query, [eye, eye], n_steps=3)
+    with pytest.raises(ValueError, match="n_steps"):
+        baselines.preconditioned_gd(b.X, b.y, b.x_query, eye, n_steps=0)
+    with pytest.raises(ValueError, match="n_steps"):
+        baselines.gd(b.X, b.y, b.x_query, [0.1, 0.2, 0.3], n_steps=2)
+    with pytest.raises(ValueError, match="step_size"):
+        baselines.gd(b.X, b.y, b.x_query, float("nan"))

@@ -1,0 +1,190 @@
+"""``python -m icl``: ``list`` works; bad input exits 2 with one line naming the parameter, before any work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl import cli, presets
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = "book/02_one_step_pgd.md"
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")
+
+
+@pytest.fixture(autouse=True)
+def from_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # chapter paths are relative to the checkout, as in the README
+    monkeypatch.delenv("ICL_PRESET", raising=False)
+
+
+def python_m_icl(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "icl", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ICL_PRESET": ""},
+    )
+
+
+def assert_bad_input(code: int, stderr: str, name: str, out: Path) -> None:
+    lines = stderr.strip().splitlines()
+    assert code == cli.EXIT_BAD_INPUT == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert name in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_list_as_a_subprocess() -> None:
+    process = python_m_icl("list")
+    assert process.returncode == 0, process.stderr
+    assert "book/01_setup_and_notation.md" in process.stdout and CHAPTER in process.stdout
+    assert "train_steps" in process.stdout and "20000" in process.stdout
+    assert process.stderr == ""
+
+
+def test_no_command_is_a_usage_error() -> None:
+    process = python_m_icl()
+    assert process.returncode == 2 and "usage:" in process.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, name",
+    [
+        (["book/99_nope.md"], "book/99_nope.md"),
+        ([CHAPTER, "-p", "dim=abc"], "dim"),
+        ([CHAPTER, "--device", "gpu"], "device"),
+    ],
+)
+def test_bad_input_as_a_subprocess(arguments: list[str], name: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    process = python_m_icl("run", *arguments, "--out", str(out))
+    assert_bad_input(process.returncode, process.stderr, name, out)
+    assert process.stdout == ""
+
+
+def run_in_process(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str]:
+    code = cli.main(["run", *arguments])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments, name",
+    [
+        (["book/99_nope.md"], "unknown chapter 'book/99_nope.md'"),
+        (["book/02_one_step_pgd.txt"], "unknown chapter"),
+        (["elsewhere/02_one_step_pgd.md"], "does not exist"),
+        ([CHAPTER, "--preset", "huge"], "unknown preset 'huge'"),
+        ([CHAPTER, "-p", "n_ctx=5"], "unknown parameter 'n_ctx'"),
+        ([CHAPTER, "-p", "n_context=-3"], "n_context"),
+        ([CHAPTER, "-p", "n_context=0"], "n_context"),
+        ([CHAPTER, "-p", "dim=0"], "dim"),
+        ([CHAPTER, "-p", "dim=2.5"], "dim"),
+        ([CHAPTER, "-p", "dim=abc"], "dim"),
+        ([CHAPTER, "-p", "dim=True"], "dim"),
+        ([CHAPTER, "-p", "train_steps=-1"], "train_steps"),
+        ([CHAPTER, "-p", "condition_number=0.5"], "condition_number"),
+        ([CHAPTER, "-p", "condition_number=nan"], "condition_number"),
+        ([CHAPTER, "-p", "dim"], "-p expects name=value"),
+        ([CHAPTER, "-p", "=3"], "-p expects name=value"),
+        ([CHAPTER, "-p", "preset=paper"], "--preset"),
+        ([CHAPTER, "-p", "device=cpu"], "--device"),
+        ([CHAPTER, "--seed", "-1"], "seed"),
+        ([CHAPTER, "--device", "gpu"], "device"),
+    ],
+)
+def test_bad_input_in_process(
+    arguments: list[str], name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code, stderr = run_in_process(capsys, *arguments, "--out", str(out))
+    assert_bad_input(code, stderr, name, out)
+    assert not out.exists()  # validation fails before the output folder is made
+
+
+@no_gpu
+def test_cuda_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, stderr = run_in_process(capsys, CHAPTER, "--device", "cuda", "--out", str(out))
+    assert_bad_input(code, stderr, "cuda", out)
+
+
+def test_out_under_a_regular_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "runs"
+    code, stderr = run_in_process(capsys, CHAPTER, "--device", "cpu", "--out", str(out))
+    assert_bad_input(code, stderr, "--out", out)
+    assert "is not writable" in stderr and blocker.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_out_is_a_regular_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs"
+    out.write_text("a file")
+    code, stderr = run_in_process(capsys, CHAPTER, "--device", "cpu", "--out", str(out))
+    assert code == 2 and "--out" in stderr and len(stderr.strip().splitlines()) == 1
+    assert out.read_text() == "a file"
+
+
+def test_out_in_a_read_only_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: chmod does not block writes")
+        code, stderr = run_in_process(capsys, CHAPTER, "--device", "cpu", "--out", str(locked / "runs"))
+        assert_bad_input(code, stderr, "--out", locked / "runs")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_prepare_accepts_good_input_and_returns_the_parameters(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = cli.parser().parse_args(
+        [
+            "run",
+            CHAPTER,
+            "--device",
+            "cpu",
+            "--seed",
+            "4",
+            "-p",
+            "n_context=40",
+            "-p",
+            "train_steps=10",
+            "--out",
+            str(out),
+        ]
+    )
+    chapter, notebook, parameters = cli.prepare(args)
+    assert chapter.slug == "02_one_step_pgd" and chapter.experiment == "one_step_pgd"
+    assert parameters == {"n_context": 40, "train_steps": 10, "preset": "quick", "device": "cpu", "seed": 4}
+    assert any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in notebook.cells)
+    assert out.is_dir() and list(out.iterdir()) == []  # the write test leaves nothing behind
+
+
+def test_chapter_without_experiment_validates_its_parameters(tmp_path: Path) -> None:
+    args = cli.parser().parse_args(
+        ["run", "book/01_setup_and_notation.md", "-p", "dim=0", "--out", str(tmp_path / "out")]
+    )
+    with pytest.raises(cli.BadInput, match="dim"):
+        cli.prepare(args)
+
+
+def test_list_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("book/01_setup_and_notation.md")
+    quick = presets.REGISTRY["one_step_pgd"].quick
+    expected = ["n_seeds", "quick", str(quick.get("n_seeds", 5)), "paper", "5"]
+    assert any(line.split()[:5] == expected for line in lines)

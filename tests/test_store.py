@@ -1,0 +1,176 @@
+"""The result store: compute once, key by config and source, and write atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl import store
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dim: int = 3
+    sweep: tuple[int, ...] = (5, 10)
+
+
+class Counter:
+    def __init__(self, value: float = 1.0) -> None:
+        self.calls, self.value = 0, value
+
+    def __call__(self) -> dict:
+        self.calls += 1
+        return {"weights": torch.full((2, 2), self.value), "loss": 0.5, "names": ["a", "b"]}
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("this object cannot be saved")
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_cached_computes_once_then_loads(tmp_path: Path) -> None:
+    compute = Counter()
+    first = store.cached("experiment", Config(), compute, root=tmp_path)
+    second = store.cached("experiment", Config(), compute, root=tmp_path)
+    assert compute.calls == 1
+    assert torch.equal(first["weights"], second["weights"]) and second["loss"] == 0.5 and second["names"] == ["a", "b"]
+    files = list((tmp_path / "results").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("experiment-") and files[0].suffix == ".pt"
+    assert leftovers(tmp_path) == []
+
+
+def test_default_root_follows_icl_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICL_STORE", str(tmp_path / "elsewhere"))
+    assert store.default_root() == tmp_path / "elsewhere"
+    compute = Counter()
+    store.cached("experiment", Config(), compute)
+    assert len(list((tmp_path / "elsewhere" / "results").iterdir())) == 1
+    assert store.checkpoint_path("abc", "n20") == tmp_path / "elsewhere" / "checkpoints" / "abc-n20.pt"
+    assert store.checkpoint_path("abc", root=tmp_path) == tmp_path / "checkpoints" / "abc.pt"
+
+
+def test_default_root_without_icl_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ICL_STORE")
+    root = store.default_root()
+    checkout = Path(store.__file__).resolve().parents[1]
+    in_checkout = (checkout / "pyproject.toml").exists()
+    expected = checkout / ".icl-store" if in_checkout else Path.home() / ".cache" / "icl-book"
+    assert root == expected
+
+
+def test_a_different_config_or_name_is_another_entry(tmp_path: Path) -> None:
+    compute = Counter()
+    store.cached("experiment", Config(), compute, root=tmp_path)
+    store.cached("experiment", Config(dim=4), compute, root=tmp_path)
+    store.cached("experiment", Config(sweep=(5, 20)), compute, root=tmp_path)
+    store.cached("other", Config(), compute, root=tmp_path)
+    assert compute.calls == 4
+    keys = {
+        store.config_key("experiment", Config()),
+        store.config_key("experiment", Config(dim=4)),
+        store.config_key("other", Config()),
+    }
+    assert len(keys) == 3 and all(len(k) == 24 for k in keys)
+    assert store.config_key("experiment", Config()) == store.config_key("experiment", Config())
+
+
+def test_a_different_source_hash_is_another_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compute = Counter()
+    store.cached("experiment", Config(), compute, root=tmp_path)
+    before = store.config_key("experiment", Config())
+    monkeypatch.setattr(store, "source_hash", lambda: "0" * 64)
+    assert store.config_key("experiment", Config()) != before
+    store.cached("experiment", Config(), compute, root=tmp_path)
+    assert compute.calls == 2
+
+
+def test_source_hash_covers_the_package() -> None:
+    digest = store.source_hash()
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert store.source_hash() == digest
+
+
+def test_a_failing_compute_leaves_nothing(tmp_path: Path) -> None:
+    def fails() -> dict:
+        raise RuntimeError("diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        store.cached("experiment", Config(), fails, root=tmp_path)
+    results = tmp_path / "results"
+    assert not results.exists() or list(results.iterdir()) == []
+    compute = Counter()
+    store.cached("experiment", Config(), compute, root=tmp_path)  # nothing stale is served
+    assert compute.calls == 1
+
+
+def test_an_interrupted_save_leaves_no_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(obj, path) -> None:
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.cached("experiment", Config(), Counter(), root=tmp_path)
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_atomic_write_text_writes_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "folder" / "out.json"
+    store.atomic_write_text("first ✓", target)
+    assert target.read_text(encoding="utf-8") == "first ✓"
+    store.atomic_write_text("second", target)
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_atomic_write_text_survives_an_exception_midway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    target = tmp_path / "out.json"
+    if exists:
+        target.write_text("old")
+
+    def crash(fd: int) -> None:
+        raise KeyboardInterrupt  # after the bytes were written to the temporary file, before the rename
+
+    monkeypatch.setattr(store.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.atomic_write_text("new content", target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out.json"] if exists else [])
+    if exists:
+        assert target.read_text() == "old"
+
+
+def test_atomic_torch_save_round_trip_and_failure(tmp_path: Path) -> None:
+    target = tmp_path / "state.pt"
+    store.atomic_torch_save({"a": torch.arange(3)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(3))
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        store.atomic_torch_save({"a": Unpicklable()}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(3))
+
+
+def test_temporary_names_are_hidden_and_distinct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def spy(source, destination) -> None:
+        seen.append(Path(source).name)
+        real_replace(source, destination)
+
+    monkeypatch.setattr(store.os, "replace", spy)
+    store.atomic_write_text("x", tmp_path / "a.json")
+    store.atomic_write_text("y", tmp_path / "a.json")
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert all(name.startswith(".a.json.") and name.endswith(".tmp") for name in seen)

@@ -1,0 +1,159 @@
+"""The training loop: it learns, it resumes bit-for-bit from a checkpoint, and it validates its config."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl import tasks
+from icl.models import LinearTransformer
+from icl.train import TrainConfig, train
+
+D, N, BATCH = 3, 8, 128
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def sampler(generator: torch.Generator) -> tasks.RegressionBatch:
+    """Fresh prompts on every call, drawn from the training generator; E = 2 models."""
+    return tasks.sample_regression(BATCH, N, torch.eye(D).expand(2, D, D), generator=generator)
+
+
+class Interrupted:
+    """``sampler``, but raises KeyboardInterrupt on call ``fail_at`` (1-based), as a killed run would."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.calls, self.fail_at = 0, fail_at
+
+    def __call__(self, generator: torch.Generator) -> tasks.RegressionBatch:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return sampler(generator)
+
+
+def model(seed: int = 1) -> LinearTransformer:
+    return LinearTransformer(D, 1, parameterisation="full", n_models=2, init_std=0.1, generator=gen(seed))
+
+
+def test_loss_decreases_on_a_tiny_problem() -> None:
+    m = model()
+    losses = train(m, sampler, TrainConfig(steps=80, learning_rate=0.2), generator=gen(), progress=False).losses
+    assert losses.shape == (80, 2) and losses.dtype == torch.float32
+    start, end = losses[:10].mean(0), losses[-20:].mean(0)
+    # Zero predictor: E y_q² = d = 3; the best one-layer loss on Σ = I at n = 8 is d(d+1)/(n+d+1) = 1.0.
+    assert (start > 2.0).all() and (end < 1.5).all()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    config = TrainConfig(steps=12)
+    a, b = model(), model()
+    la = train(a, sampler, config, generator=gen(3), progress=False).losses
+    lb = train(b, sampler, config, generator=gen(3), progress=False).losses
+    assert torch.equal(la, lb) and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    c = model()
+    lc = train(c, sampler, config, generator=gen(4), progress=False).losses
+    assert not torch.equal(la, lc)
+
+
+@pytest.mark.parametrize("k", [5, 4])
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path, k: int) -> None:
+    steps = 10
+    straight = model()
+    expected = train(
+        straight, sampler, TrainConfig(steps=steps, checkpoint_every=k), generator=gen(7), progress=False
+    ).losses
+
+    checkpoint = tmp_path / "checkpoints" / "run.pt"
+    interrupted = model()
+    config = TrainConfig(steps=steps, checkpoint_every=k)
+    fail_at = 2 * k + 1 if 2 * k < steps else k + 1  # killed after the last checkpoint before the end
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, Interrupted(fail_at), config, generator=gen(7), checkpoint=checkpoint, progress=False)
+    assert checkpoint.exists()
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["step"] == fail_at - 1 and saved["losses"].shape == (fail_at - 1, 2)
+
+    resumed = model(seed=99)  # other weights and another generator state: both come from the checkpoint
+    losses = train(resumed, sampler, config, generator=gen(123), checkpoint=checkpoint, progress=False).losses
+    assert torch.equal(losses, expected)
+    for p, q in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert not checkpoint.exists()  # deleted after the last step
+    assert [p for p in checkpoint.parent.iterdir()] == []  # and no temporary file left
+
+
+def test_without_resume_the_interrupted_run_differs(tmp_path: Path) -> None:
+    """Power for the test above: restarting from scratch with another generator gives other numbers."""
+    config = TrainConfig(steps=10, checkpoint_every=5)
+    expected = train(model(), sampler, config, generator=gen(7), progress=False).losses
+    fresh = train(model(), sampler, config, generator=gen(123), progress=False).losses
+    assert not torch.equal(fresh, expected)
+
+
+def test_checkpoint_is_not_written_at_the_last_step_and_is_removed(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "run.pt"
+    train(
+        model(),
+        sampler,
+        TrainConfig(steps=4, checkpoint_every=2),
+        generator=gen(),
+        checkpoint=checkpoint,
+        progress=False,
+    )
+    assert not checkpoint.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_learning_rate_schedule() -> None:
+    config = TrainConfig(steps=101, learning_rate=0.1, final_learning_rate_fraction=0.01)
+    assert config.learning_rate_at(0) == pytest.approx(0.1, rel=1e-15)
+    assert config.learning_rate_at(100) == pytest.approx(0.001, rel=1e-12)
+    assert config.learning_rate_at(50) == pytest.approx(0.1 * (0.01 + 0.99 * 0.5), rel=1e-12)
+    rates = [config.learning_rate_at(s) for s in range(101)]
+    assert all(b < a for a, b in zip(rates, rates[1:], strict=False))
+    assert TrainConfig(steps=1, learning_rate=0.2).learning_rate_at(0) == 0.2
+
+
+def test_the_schedule_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    config = TrainConfig(steps=5, learning_rate=0.1, final_learning_rate_fraction=0.5)
+    train(model(), sampler, config, generator=gen(), progress=False)
+    assert seen == pytest.approx([config.learning_rate_at(s) for s in range(5)], rel=1e-15)
+    assert seen[0] == pytest.approx(0.1) and seen[-1] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(steps=0), "train_steps"),
+        (dict(steps=2.5), "train_steps"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(learning_rate=math.nan), "learning_rate"),
+        (dict(final_learning_rate_fraction=1.5), "final_learning_rate_fraction"),
+        (dict(final_learning_rate_fraction=-0.1), "final_learning_rate_fraction"),
+        (dict(checkpoint_every=0), "checkpoint_every"),
+    ],
+)
+def test_config_validation_names_the_parameter(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        TrainConfig(**({"steps": 10} | kwargs))
+
+
+def test_config_is_frozen() -> None:
+    config = TrainConfig(steps=10)
+    with pytest.raises(AttributeError):
+        config.steps = 20  # type: ignore[misc]
