@@ -87,7 +87,9 @@ class ClaimChecks:
         if rtol < 0 or atol < 0 or rtol + atol == 0:
             raise ValueError(f"claim check {name!r} needs rtol >= 0, atol >= 0 and one of them > 0")
         tolerance = atol + rtol * abs(expected)
-        return self._add(Check(name, "close", measured, expected, tolerance, abs(measured - expected) <= tolerance, reason))
+        return self._add(
+            Check(name, "close", measured, expected, tolerance, abs(measured - expected) <= tolerance, reason)
+        )
 
     def at_most(self, name: str, measured: float, bound: float, *, reason: str) -> Check:
         """Pass when measured ≤ bound."""

@@ -81,7 +81,9 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
             positive_int(name, parameters.get(name, defaults.get(name)))
         if chapter.experiment is not None:
             fields = set(presets.parameter_names(chapter.experiment))
-            presets.get(chapter.experiment, preset, **{k: v for k, v in parameters.items() if k in fields and k != "preset"})
+            presets.get(
+                chapter.experiment, preset, **{k: v for k, v in parameters.items() if k in fields and k != "preset"}
+            )
         _check_out(Path(args.out))
     except ValueError as error:
         raise BadInput(str(error)) from None
@@ -118,8 +120,12 @@ def run(args: argparse.Namespace) -> int:
         error: Exception | None = None
         try:
             papermill.execute_notebook(
-                notebook, str(executed_path), parameters=parameters, kernel_name="python3",
-                cwd=str(Path(args.chapter).resolve().parent), progress_bar=False,
+                notebook,
+                str(executed_path),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(Path(args.chapter).resolve().parent),
+                progress_bar=False,
             )
         except papermill.PapermillExecutionError as exc:
             error = exc
@@ -131,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - start
         record_path = Path(scratch) / f"{chapter.slug}.json"
         if not record_path.exists():
-            reason = f"{error.ename}: {error.evalue}" if isinstance(error, papermill.PapermillExecutionError) else "no record"
+            reason = (
+                f"{error.ename}: {error.evalue}"
+                if isinstance(error, papermill.PapermillExecutionError)
+                else "no record"
+            )
             print(f"error: {chapter.slug} failed before its claim checks ({reason}); nothing written", file=sys.stderr)
             return EXIT_FAILED
         content = json.loads(record_path.read_text())
@@ -170,8 +180,14 @@ def parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--preset", default=None, help="quick (default, or $ICL_PRESET) or paper")
     run_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
     run_parser.add_argument("--seed", default="0", help="base seed, an integer >= 0 (default 0)")
-    run_parser.add_argument("-p", dest="parameter", action="append", default=[], metavar="NAME=VALUE",
-                            help="override a parameter of the chapter's parameters cell (repeatable)")
+    run_parser.add_argument(
+        "-p",
+        dest="parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a parameter of the chapter's parameters cell (repeatable)",
+    )
     run_parser.add_argument("--out", default="runs", help="output folder (default: runs/)")
     commands.add_parser("list", help="list the chapters and their presets")
     return top

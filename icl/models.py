@@ -47,13 +47,18 @@ def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor
 
 
 class _LSALayer(torch.autograd.Function):
-    """R ↦ R (I + K(R, P, Q)) on token rows, with K = Qᵀ G Pᵀ and G = (1/n) Rᵀ M R.
+    """R ↦ R (I + K(R, P, Q)) on token rows, with K = A Pᵀ, A = Qᵀ G and G = (1/n) Rᵀ M R.
 
-    The residual is folded into the product (R + R K = R (I + K)), so each pass over the
-    (E·B, n+1, d+1) rows is one plain ``bmm``: ``baddbmm``, which adds the residual inside the
-    kernel, copies its input first and was ~2.5× slower than ``bmm`` at these tiny matrix sizes. The
-    backward is written out so that every product is one batched kernel; autograd's generic backward
-    of the same graph was ~1.6× slower.
+    Three choices keep the passes over memory few, which is what costs at these sizes:
+
+    - the residual is folded into the product, R + R K = R (I + K): one ``bmm`` per pass over the
+      (E·B, n+1, d+1) rows (``baddbmm`` copies its input first and was ~2.5× slower);
+    - every per-prompt (d+1)×(d+1) product is one large product over all prompts, (E, B·(d+1), d+1)
+      times a weight: a left factor such as Qᵀ G is taken as (G Q)ᵀ, G being symmetric, and one
+      transposing copy puts it back in row layout (``einsum`` made two or three such copies);
+    - the first layer's input is data, so its gradient (two passes over the rows) is skipped.
+
+    The backward is written out; autograd's generic backward of the same graph was ~1.6× slower.
     """
 
     @staticmethod
@@ -62,30 +67,31 @@ class _LSALayer(torch.autograd.Function):
         n = length - 1
         flat = rows.view(E * B, length, width)
         context = flat[:, :n]  # M drops the query token: it is never a key or a value
-        gram = torch.bmm(context.mT, context)  # n G: (E·B, d+1, d+1), symmetric; 1/n goes into the small product
-        gram_p = torch.bmm(gram.view(E, B * width, width), P.mT / n).view(E, B, width, width)  # H = G Pᵀ
-        kernel = torch.einsum("eji,ebjk->ebik", Q, gram_p).reshape(E * B, width, width)  # K = Qᵀ H
+        gram = torch.bmm(context.mT, context).view(E, B * width, width)  # n G per prompt, symmetric
+        left = torch.bmm(gram, Q / n).view(E * B, width, width).mT.contiguous()  # A = Qᵀ G = (G Q)ᵀ
+        kernel = torch.bmm(left.view(E, B * width, width), P.mT).view(E * B, width, width)  # K = A Pᵀ
         kernel.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I + K
-        ctx.save_for_backward(rows, P, Q, gram, gram_p, kernel)
+        ctx.save_for_backward(rows, P, Q, gram, left, kernel)
         return torch.bmm(flat, kernel).view(E, B, length, width)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        rows, P, Q, gram, gram_p, kernel = ctx.saved_tensors
+        rows, P, Q, gram, left, kernel = ctx.saved_tensors
         E, B, length, width = rows.shape
         n = length - 1
         flat = rows.view(E * B, length, width)
         grad = grad_out.reshape(E * B, length, width)
-        grad_kernel = torch.bmm(flat.mT, grad).view(E, B, width, width)  # Rᵀ ∂out; I has no parameters
-        grad_Q = torch.einsum("ebjk,ebik->eji", gram_p, grad_kernel)  # K = Qᵀ H
-        grad_gram_p = torch.einsum("eji,ebik->ebjk", Q, grad_kernel).reshape(E, B * width, width)
-        grad_P = torch.bmm(grad_gram_p.mT, gram.view(E, B * width, width)).div_(n)  # H = (n G) Pᵀ / n
+        grad_kernel = torch.bmm(flat.mT, grad).view(E, B * width, width)  # Γ = Rᵀ ∂out; I has no parameters
+        grad_P = torch.bmm(grad_kernel.mT, left.view(E, B * width, width))  # K = A Pᵀ: ∂P = Σ_b Γᵀ A
+        grad_left = torch.bmm(grad_kernel, P).view(E * B, width, width)  # ∂A = Γ P
+        grad_left_t = grad_left.mT.contiguous().view(E, B * width, width)  # ∂Aᵀ in row layout
+        grad_Q = torch.bmm(grad_left_t.mT, gram).mT.div_(n)  # A = Qᵀ G: ∂Qᵀ = Σ_b ∂A G
         if not ctx.needs_input_grad[0]:  # the first layer's input is data: skip two passes over the rows
             return None, grad_P, grad_Q
         grad_rows = torch.bmm(grad, kernel.mT)  # ∂(R (I + K))/∂R at fixed K
-        grad_gram = torch.bmm(grad_gram_p, P / n).view(E * B, width, width)  # ∂/∂(n G)
-        symmetric = grad_gram + grad_gram.mT  # n G = Cᵀ C
+        grad_gram_t = torch.bmm(grad_left_t, Q.mT / n).view(E * B, width, width)  # (∂/∂(n G))ᵀ = ∂Aᵀ Qᵀ / n
+        symmetric = grad_gram_t + grad_gram_t.mT  # n G = Cᵀ C
         grad_rows[:, :n] += torch.bmm(flat[:, :n], symmetric)  # (baddbmm_ on this strided view is slow)
         return grad_rows.view(E, B, length, width), grad_P, grad_Q
 
@@ -161,7 +167,9 @@ class LinearTransformer(nn.Module):
         return -self.P[..., d, d, None, None] * self.Q[..., :d, :d]
 
     def forward(self, Z: torch.Tensor) -> torch.Tensor:
-        """Z: (E, B, d+1, n+1) -> Z after all layers, same shape. With ``n_models == 1``, (B, d+1, n+1) is accepted too."""
+        """Z: (E, B, d+1, n+1) -> Z after all layers, same shape.
+
+        With ``n_models == 1``, (B, d+1, n+1) is accepted too."""
         squeeze = Z.ndim == 3
         if squeeze:
             if self.n_models != 1:
@@ -178,7 +186,9 @@ class LinearTransformer(nn.Module):
         return Z.squeeze(0) if squeeze else Z
 
     def predict(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-        """ŷ for prompts X: (E, B, n, d), y: (E, B, n), x_query: (E, B, d) -> (E, B) (or without E when n_models == 1)."""
+        """ŷ for prompts X: (E, B, n, d), y: (E, B, n), x_query: (E, B, d) -> (E, B).
+
+        Without the E axis when ``n_models == 1``."""
         return read_out(self(to_tokens(X, y, x_query)))
 
 

@@ -65,8 +65,18 @@ def heatmaps(
                 continue
             limit = bound if bound is not None else np.abs(arrays[index]).max()
             sns.heatmap(
-                arrays[index], ax=ax, cmap="RdBu_r", vmin=-limit, vmax=limit, annot=arrays[index].shape[0] <= 6,
-                fmt=".2f", annot_kws={"size": 7}, cbar=False, square=True, xticklabels=False, yticklabels=False,
+                arrays[index],
+                ax=ax,
+                cmap="RdBu_r",
+                vmin=-limit,
+                vmax=limit,
+                annot=arrays[index].shape[0] <= 6,
+                fmt=".2f",
+                annot_kws={"size": 7},
+                cbar=False,
+                square=True,
+                xticklabels=False,
+                yticklabels=False,
             )
             ax.set_title(titles[index])
     return figure

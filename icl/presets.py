@@ -36,7 +36,9 @@ REGISTRY: Mapping[str, Preset] = {
         paper=dict(train_steps=20_000, batch_size=8192, n_seeds=5, n_test=400_000),
         quick=dict(condition_number=4.0, train_steps=2000, batch_size=1024, n_seeds=3, n_test=200_000),
         why_quick=dict(
-            condition_number="κ = 4: a smallest eigenvalue 4× larger, so the slowest direction of the loss converges within the budget",
+            condition_number=(
+                "κ = 4: a smallest eigenvalue 4× larger, so the slowest direction of the loss converges in the budget"
+            ),
             train_steps="10× fewer Adam steps; the 2 % checks hold at every n of the sweep",
             batch_size="8× smaller batches; the cosine learning-rate decay averages the extra noise",
             n_seeds="3 seeds, the fewest the book's checks accept",

@@ -82,9 +82,7 @@ def covariance_from_spectrum(eigenvalues: torch.Tensor, *, generator: torch.Gene
     return (covariance + covariance.T) / 2
 
 
-def covariance_from_condition_number(
-    dim: int, condition_number: float, *, generator: torch.Generator
-) -> torch.Tensor:
+def covariance_from_condition_number(dim: int, condition_number: float, *, generator: torch.Generator) -> torch.Tensor:
     """A randomly rotated Σ with spectrum :func:`condition_number_spectrum`; κ = 1 gives exactly I_d."""
     spectrum = condition_number_spectrum(dim, condition_number)
     if condition_number == 1:
@@ -122,20 +120,23 @@ def sample_regression(
     chol = torch.linalg.cholesky(covariance.to(device=device, dtype=torch.float64))  # (..., d, d)
 
     raw = torch.randn(*lead, n_prompts, n_context + 1, dim, generator=generator, device=device, dtype=dtype)
-    xs = raw @ chol.to(dtype).unsqueeze(-3).mT  # rows are x = L ε: (..., B, n+1, d)
     w = torch.randn(*lead, n_prompts, dim, generator=generator, device=device, dtype=dtype)
     if task_prior == "inverse_covariance":
-        # w = L⁻ᵀ ε  <=>  Lᵀ w = ε; row form: w_rowᵀ = ε_rowᵀ L⁻¹.
-        w = torch.linalg.solve_triangular(chol.mT.unsqueeze(-3), w.unsqueeze(-1).to(torch.float64), upper=True)
-        w = w.squeeze(-1).to(dtype)
-    labels = (xs @ w.unsqueeze(-1)).squeeze(-1)  # (..., B, n+1)
+        # w = L⁻ᵀ ε  <=>  Lᵀ w = ε: one triangular solve per family, the B task vectors as its columns
+        # (a batch of B tiny solves costs more than the rest of the sampler).
+        w = torch.linalg.solve_triangular(chol.mT, w.to(torch.float64).mT, upper=True).mT.to(dtype)
+    # x = L ε and y = ⟨w, x⟩ = ⟨Lᵀ w, ε⟩: one product per prompt, ε [Lᵀ | Lᵀ w], writes both side by side
+    # in the token-row layout of icl.tokens.to_tokens (one pass over the batch instead of three).
+    projected = (w.to(torch.float64) @ chol).to(dtype)  # (..., B, d): (Lᵀ w)ᵀ = wᵀ L
+    factor = torch.cat([chol.to(dtype).mT.unsqueeze(-3).expand(*projected.shape, dim), projected.unsqueeze(-1)], -1)
+    rows = raw @ factor  # (..., B, n+1, d+1): row i is (x_iᵀ, y_i); the last row is the query
     if noise_std > 0:
-        noise = torch.randn(labels.shape, generator=generator, device=device, dtype=dtype)
-        labels = labels + noise_std * noise
+        noise = torch.randn(rows.shape[:-1], generator=generator, device=device, dtype=dtype)
+        rows[..., dim] += noise_std * noise
     return RegressionBatch(
-        X=xs[..., :n_context, :],
-        y=labels[..., :n_context],
-        x_query=xs[..., n_context, :],
-        y_query=labels[..., n_context],
+        X=rows[..., :n_context, :dim],
+        y=rows[..., :n_context, dim],
+        x_query=rows[..., n_context, :dim],
+        y_query=rows[..., n_context, dim],
         w=w,
     )

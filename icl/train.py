@@ -89,7 +89,11 @@ def train(
 
     # A plain text bar (no widgets), refreshed every 2 s so that notebooks and CI logs stay small.
     bar = tqdm(
-        range(start, config.steps), desc=description, disable=not progress, initial=start, total=config.steps,
+        range(start, config.steps),
+        desc=description,
+        disable=not progress,
+        initial=start,
+        total=config.steps,
         mininterval=2.0,
     )
     for step in bar:

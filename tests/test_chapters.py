@@ -48,7 +48,9 @@ def test_chapter_without_training_passes(chapter: str, tmp_path: Path, monkeypat
 
 
 @pytest.mark.parametrize("chapter", sorted(TINY))
-def test_undertrained_chapter_fails_its_claim_check(chapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_undertrained_chapter_fails_its_claim_check(
+    chapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ICL_STORE", str(tmp_path / "store"))
     process = run_chapter(chapter, tmp_path / "out", *TINY[chapter])
     assert process.returncode == 1, process.stderr[-3000:]

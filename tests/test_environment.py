@@ -52,8 +52,11 @@ def differences(pyproject_text: str, environment_text: str) -> list[str]:
     """Every package missing from one file or pinned to another version; empty when they agree."""
     wanted = pyproject_pins(pyproject_text)
     found = {k: v for k, v in environment_pins(environment_text).items() if k not in CONDA_ONLY}
-    problems = [f"{name}: pyproject.toml {wanted[name]}, environment.yml {found[name] or 'unpinned'}"
-                for name in sorted(wanted.keys() & found.keys()) if wanted[name] != found[name]]
+    problems = [
+        f"{name}: pyproject.toml {wanted[name]}, environment.yml {found[name] or 'unpinned'}"
+        for name in sorted(wanted.keys() & found.keys())
+        if wanted[name] != found[name]
+    ]
     problems += [f"{name}: missing from environment.yml" for name in sorted(wanted.keys() - found.keys())]
     problems += [f"{name}: not in pyproject.toml" for name in sorted(found.keys() - wanted.keys())]
     return problems

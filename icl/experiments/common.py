@@ -41,7 +41,12 @@ def fit_cached(
     def compute() -> dict[str, Any]:
         checkpoint = store.checkpoint_path(store.config_key(key, config))
         result = train(
-            model, sample, train_config, generator=generator, checkpoint=checkpoint, progress=progress,
+            model,
+            sample,
+            train_config,
+            generator=generator,
+            checkpoint=checkpoint,
+            progress=progress,
             description=description or part,
         )
         return {"state": model.state_dict(), "losses": result.losses}
@@ -72,5 +77,3 @@ def as_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [as_plain(v) for v in value]
     return value
-
-

@@ -129,7 +129,11 @@ def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int
     """Train one ensemble (one model per covariance in ``covariance``: (E, d, d)) at context length n."""
     streams = rng.streams(config.seed, config.device, part=part)
     model = LinearTransformer(
-        config.dim, 1, parameterisation="full", n_models=covariance.shape[0], init_std=config.init_std,
+        config.dim,
+        1,
+        parameterisation="full",
+        n_models=covariance.shape[0],
+        init_std=config.init_std,
         generator=streams.init,
     )
     if config.initialisation == "balanced":
@@ -144,7 +148,14 @@ def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int
 
     train_config = TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate)
     losses = fit_cached(
-        NAME, config, f"n{n}", model, sample, train_config, generator=streams.train, progress=progress,
+        NAME,
+        config,
+        f"n{n}",
+        model,
+        sample,
+        train_config,
+        generator=streams.train,
+        progress=progress,
         description=f"n={n}, {covariance.shape[0]} models",
     )
     return _Trained(model, losses, streams.eval, initial)
@@ -259,28 +270,38 @@ def claim_checks(result: OneStepPGDResult) -> ClaimChecks:
             f"{kind}: max relative error of A to Γ*", error, 0.02, reason="2 %, over the quick budget's convergence"
         )
         checks.at_least(
-            f"{kind}: error to Σ⁻¹ / error to Γ*", result.error_to_inverse[k].min().item() / error, 5.0,
+            f"{kind}: error to Σ⁻¹ / error to Γ*",
+            result.error_to_inverse[k].min().item() / error,
+            5.0,
             reason="tells Γ* from the naive Σ⁻¹",
         )
         se = (result.test_loss_se[k] ** 2).mean().sqrt().item() / n_seeds**0.5
         checks.close(
-            f"{kind}: test MSE (s.e. {se:.4f})", result.test_loss[k].mean().item(), result.optimal_loss[k].item(),
-            rtol=0.02, reason="2 % of f*; s.e. shown",
+            f"{kind}: test MSE (s.e. {se:.4f})",
+            result.test_loss[k].mean().item(),
+            result.optimal_loss[k].item(),
+            rtol=0.02,
+            reason="2 % of f*; s.e. shown",
         )
         checks.close(
             f"{kind}: test MSE / Γ* predictor's on the same prompts",
-            (result.test_loss[k] / result.optimal_test_loss[k]).max().item(), 1.0, rtol=0.01,
+            (result.test_loss[k] / result.optimal_test_loss[k]).max().item(),
+            1.0,
+            rtol=0.01,
             reason="paired: the Monte Carlo noise cancels",
         )
         checks.at_most(
-            f"{kind}: test MSE / zero predictor's", (result.test_loss[k] / result.zero_loss[k]).max().item(), 0.5,
+            f"{kind}: test MSE / zero predictor's",
+            (result.test_loss[k] / result.zero_loss[k]).max().item(),
+            0.5,
             reason="beats ŷ = 0 by half",
         )
     worst = result.sweep_error_to_optimal.max().item()
     checks.at_most("sweep over n: max relative error of A to Γ*(n)", worst, 0.02, reason="2 %, every n of the sweep")
     checks.at_least(
         "sweep over n: error to Σ⁻¹ / error to Γ*(n)",
-        (result.sweep_error_to_inverse / result.sweep_error_to_optimal).min().item(), 5.0,
+        (result.sweep_error_to_inverse / result.sweep_error_to_optimal).min().item(),
+        5.0,
         reason="tells Γ*(n) from Σ⁻¹ at every n",
     )
     return checks
