@@ -116,6 +116,28 @@ def test_lsa_layer_weight_gradients_when_the_tokens_are_data() -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("route", ["kronecker", "direct"])
+@pytest.mark.parametrize("d", [2, 12])
+def test_both_routes_of_the_layer_match_the_literal_formula(route: str, d: int, monkeypatch) -> None:
+    """The layer forms K = Qᵀ G Pᵀ through Q ⊗ Pᵀ up to a width, directly above it: both, at both sizes."""
+    from icl.models import _LSALayer
+
+    monkeypatch.setattr(_LSALayer, "KRONECKER_MAX_WIDTH", 10**6 if route == "kronecker" else 0)
+    E, B, n = 2, 3, 5
+    scale = 0.3  # keeps finite differences accurate at d = 12
+    Z = (scale * torch.randn(E, B, n + 1, d + 1, generator=gen(20), dtype=F64)).mT.requires_grad_(True)
+    P = (scale * torch.randn(E, d + 1, d + 1, generator=gen(21), dtype=F64)).requires_grad_(True)
+    Q = (scale * torch.randn(E, d + 1, d + 1, generator=gen(22), dtype=F64)).requires_grad_(True)
+    torch.testing.assert_close(lsa_layer(Z, P, Q), naive_layer(Z, P, Q), rtol=0, atol=1e-12)
+    weight = torch.randn(E, B, d + 1, n + 1, generator=gen(23), dtype=F64)
+    fast = torch.autograd.grad((lsa_layer(Z, P, Q) * weight).sum(), (Z, P, Q))
+    slow = torch.autograd.grad((naive_layer(Z, P, Q) * weight).sum(), (Z, P, Q))
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if d == 2:
+        assert torch.autograd.gradcheck(lsa_layer, (Z, P, Q), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
 # --- the sparse model is preconditioned GD -----------------------------------------------------------
 
 
