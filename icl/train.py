@@ -5,8 +5,8 @@ ensemble of E models the objective is the *sum* of their mean squared errors: Ad
 elementwise, so each model trains exactly as it would alone (no global gradient clipping).
 
 Checkpoints (model, optimiser, loss history, the training generator's state) are written
-atomically every ``checkpoint_every`` steps; a run restarted with the same checkpoint path
-resumes bit-for-bit where the last checkpoint left it.
+atomically every ``checkpoint_every`` steps and after the last; a run restarted with the same
+checkpoint path resumes bit-for-bit where the last checkpoint left it.
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ def train(
     """Train ``model`` in place on fresh prompts from ``sample(generator)``; returns the loss curves.
 
     If ``checkpoint`` exists it is loaded and training resumes from its step (the caller keys the path
-    by the run's configuration, so a checkpoint is never shared between different runs). It is
-    deleted after the last step: the caller's result store takes over.
+    by the run's configuration, so a checkpoint is never shared between different runs). The last
+    step writes one too, so resuming a finished run returns at once; the caller deletes it once the
+    result is safe elsewhere (:func:`icl.experiments.common.fit_cached` does, after the store has it).
     """
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
     start, history = 0, []
@@ -109,7 +110,7 @@ def train(
         if (step + 1) % 100 == 0:
             bar.set_postfix(mse=f"{per_model.mean().item():.4f}")
         done = step + 1
-        if checkpoint is not None and done % config.checkpoint_every == 0 and done < config.steps:
+        if checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.steps):
             state = {
                 "step": done,
                 "model": model.state_dict(),
@@ -119,6 +120,4 @@ def train(
             }
             atomic_torch_save(state, checkpoint)
     bar.close()
-    if checkpoint is not None:
-        Path(checkpoint).unlink(missing_ok=True)
     return TrainResult(losses=torch.stack(history).cpu() if history else torch.empty(0))

@@ -100,3 +100,11 @@ def test_checks_pass_on_the_theory_and_fail_on_the_naive_answer(stored) -> None:
     # A loss 5 % above the optimum fails the loss checks.
     worse = exact._replace(test_loss=exact.test_loss * 1.05)
     assert not one_step_pgd.claim_checks(worse).passed
+
+
+def test_no_checkpoint_is_left_once_the_results_are_stored(stored) -> None:
+    from pathlib import Path
+
+    store = Path(stored[1])
+    assert list((store / "results").glob("*.pt"))  # one stored state per training run
+    assert not list((store / "checkpoints").glob("*"))  # their checkpoints are gone, temporaries too

@@ -85,8 +85,8 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path, k: int) -> No
     assert torch.equal(losses, expected)
     for p, q in zip(resumed.parameters(), straight.parameters(), strict=True):
         assert torch.equal(p, q)
-    assert not checkpoint.exists()  # deleted after the last step
-    assert [p for p in checkpoint.parent.iterdir()] == []  # and no temporary file left
+    assert [p.name for p in checkpoint.parent.iterdir()] == ["run.pt"]  # the final one; no temporary file
+    assert torch.load(checkpoint, weights_only=True)["step"] == steps
 
 
 def test_without_resume_the_interrupted_run_differs(tmp_path: Path) -> None:
@@ -97,17 +97,22 @@ def test_without_resume_the_interrupted_run_differs(tmp_path: Path) -> None:
     assert not torch.equal(fresh, expected)
 
 
-def test_checkpoint_is_not_written_at_the_last_step_and_is_removed(tmp_path: Path) -> None:
+def test_a_finished_run_resumes_at_once_from_its_last_checkpoint(tmp_path: Path) -> None:
     checkpoint = tmp_path / "run.pt"
-    train(
-        model(),
-        sampler,
-        TrainConfig(steps=4, checkpoint_every=2),
-        generator=gen(),
-        checkpoint=checkpoint,
-        progress=False,
-    )
-    assert not checkpoint.exists() and list(tmp_path.iterdir()) == []
+    config = TrainConfig(steps=4, checkpoint_every=3)
+    trained = model()
+    first = train(trained, sampler, config, generator=gen(), checkpoint=checkpoint, progress=False).losses
+    assert list(tmp_path.iterdir()) == [checkpoint]
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4  # written after the last step too
+
+    def no_more_steps(generator: torch.Generator):
+        raise AssertionError("a finished run took another step")
+
+    again = model(seed=99)
+    second = train(again, no_more_steps, config, generator=gen(5), checkpoint=checkpoint, progress=False).losses
+    assert torch.equal(first, second)
+    for p, q in zip(again.parameters(), trained.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_learning_rate_schedule() -> None:

@@ -52,6 +52,8 @@ def fit_cached(
         return {"state": model.state_dict(), "losses": result.losses}
 
     stored = store.cached(key, config, compute)
+    # Only now, with the trained state stored, may the checkpoint go: a kill before this line resumes.
+    store.checkpoint_path(store.config_key(key, config)).unlink(missing_ok=True)
     model.load_state_dict(stored["state"])
     return stored["losses"]
 

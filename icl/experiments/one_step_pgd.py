@@ -167,16 +167,16 @@ def _test_losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Monte Carlo MSE and its s.e. for the model, and the MSE of the Γ* predictor, on the same prompts. -> 3 × (E,)."""
     optimal = torch.stack([theory.optimal_preconditioner(c, n) for c in covariance]).float().unsqueeze(1)
-    model_errors, optimal_errors = [], []
+    model_predictions, optimal_predictions, targets = [], [], []
     for start in range(0, config.n_test, EVAL_CHUNK):
         size = min(EVAL_CHUNK, config.n_test - start)
         batch = tasks.sample_regression(size, n, covariance.float(), generator=generator)
-        model_errors.append(model.predict(batch.X, batch.y, batch.x_query) - batch.y_query)
-        gamma_prediction = baselines.preconditioned_gd(batch.X, batch.y, batch.x_query, optimal)
-        optimal_errors.append(gamma_prediction - batch.y_query)
-    model_errors, optimal_errors = torch.cat(model_errors, -1), torch.cat(optimal_errors, -1)
-    model_loss = evaluate.mse(model_errors, torch.zeros_like(model_errors))
-    optimal_loss = evaluate.mse(optimal_errors, torch.zeros_like(optimal_errors))
+        model_predictions.append(model.predict(batch.X, batch.y, batch.x_query))
+        optimal_predictions.append(baselines.preconditioned_gd(batch.X, batch.y, batch.x_query, optimal))
+        targets.append(batch.y_query)
+    targets = torch.cat(targets, -1)
+    model_loss = evaluate.mse(torch.cat(model_predictions, -1), targets)
+    optimal_loss = evaluate.mse(torch.cat(optimal_predictions, -1), targets)
     return model_loss.mean, model_loss.standard_error, optimal_loss.mean
 
 
