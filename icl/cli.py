@@ -28,6 +28,7 @@ from icl.device import resolve_device
 from icl.store import atomic_write_text
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+RESERVED = ("preset", "device", "seed")  # set by their own options, not by -p
 
 
 class BadInput(ValueError):
@@ -73,7 +74,7 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
             raise ValueError(f"unknown parameter {unknown[0]!r} for {chapter.slug}; choose from {sorted(defaults)}")
-        for reserved in ("preset", "device", "seed"):
+        for reserved in RESERVED:
             if reserved in overrides:
                 raise ValueError(f"set {reserved} with --{reserved}, not -p")
         parameters = {**overrides, "preset": preset, "device": args.device, "seed": seed}
@@ -158,17 +159,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def list_chapters() -> int:
+    """Each chapter, the names ``-p`` accepts (its parameters cell), and what quick and paper set."""
     for chapter in chapters.CHAPTERS.values():
         print(f"book/{chapter.slug}.md  {chapter.title}")
+        path = Path("book") / f"{chapter.slug}.md"
+        if path.is_file():  # run from the repository root
+            names = [n for n in chapters.parameters_of(chapters.read_notebook(path)) if n not in RESERVED]
+            print(f"    -p accepts: {', '.join(names)} (and --preset, --device, --seed)")
         if chapter.experiment is None:
             print("    no training; runs in seconds at any preset")
             continue
         quick, paper = (presets.get(chapter.experiment, p, device="cpu") for p in presets.PRESET_NAMES)
         for name in presets.parameter_names(chapter.experiment):
-            if name in ("device", "seed"):
-                continue
-            a, b = getattr(quick, name), getattr(paper, name)
-            print(f"    {name:<18} quick {a!s:<22} paper {b!s}")
+            if name not in RESERVED:
+                print(f"    {name:<18} quick {getattr(quick, name)!s:<22} paper {getattr(paper, name)!s}")
     return EXIT_OK
 
 
