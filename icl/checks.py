@@ -122,7 +122,7 @@ class ClaimChecks:
             relation = {"close": "±", "at_most": "≤", "at_least": "≥"}[c.relation]
             bound = f"{c.expected:.4g} ± {c.tolerance:.2g}" if c.relation == "close" else f"{relation} {c.expected:.4g}"
             verdict = "✅ pass" if c.passed else "❌ FAIL"
-            cells = [c.name, f"{c.measured:.4g}", bound, c.reason, verdict]
+            cells = [c.name, f"{c.measured:.5g}", bound, c.reason, verdict]
             rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
         head = "".join(f"<th>{h}</th>" for h in ("check", "measured", "expected", "tolerance: why", "result"))
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
