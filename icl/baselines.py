@@ -87,3 +87,41 @@ def gd(
     eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
     steps = [finite_float("step_size", s) * eye for s in sizes]
     return preconditioned_gd(X, y, x_query, steps, n_steps=n_steps)
+
+
+def gd_plus_plus(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    x_query: torch.Tensor,
+    step_sizes: Sequence[float],
+    gammas: Sequence[float],
+) -> torch.Tensor:
+    """K steps of von Oswald et al.'s GD++ (2023, App. A.10) from w = 0: what K (11)-form layers with
+    P_k = [[b_k I, 0], [0, 1]], Q_k = −diag(η_k I, 0), a·b = γ n, compute (:mod:`icl.construct`).
+
+    Step k (k = 1 … K) starts from the current covariates x^(k) (x^(1) = x, context and query) and the
+    current labels r^(k) (r^(1) = y; the query's slot q^(1) = 0), and updates all of them at once:
+
+    - labels: one GD step of size η_k on the current covariates, r_j ← r_j − η_k ⟨h_k, x_j^(k)⟩ and
+      q ← q − η_k ⟨h_k, x_q^(k)⟩, with h_k = (1/n) Σ_i r_i x_i^(k);
+    - covariates: x ← x − γ_k Σ_i x_i^(k) x_i^(k)ᵀ x for context and query (von Oswald's γ: no 1/n).
+
+    ŷ = −q after K steps, so γ_K has no effect. Equivalently, preconditioned GD on the original x with
+    the data-dependent A_k = η_k T_kᵀ T_k, where x^(k) = T_k x. X: (..., n, d), y: (..., n),
+    x_query: (..., d); step_sizes, gammas: K numbers each -> (...).
+    """
+    etas = [finite_float(f"step_sizes[{k}]", eta) for k, eta in enumerate(step_sizes)]
+    gammas = [finite_float(f"gammas[{k}]", gamma) for k, gamma in enumerate(gammas)]
+    if not etas:
+        raise ValueError("step_sizes must hold at least one step size")
+    if len(gammas) != len(etas):
+        raise ValueError(f"gammas must hold one value per step: got {len(gammas)} gammas for {len(etas)} step_sizes")
+    n = X.shape[-2]
+    labels, query_label = y, torch.zeros_like(x_query[..., 0])
+    for eta, gamma in zip(etas, gammas, strict=True):
+        h = (X.mT @ labels.unsqueeze(-1)).squeeze(-1) / n  # (..., d), on the current covariates
+        labels = labels - eta * (X @ h.unsqueeze(-1)).squeeze(-1)
+        query_label = query_label - eta * (x_query * h).sum(-1)
+        gram = X.mT @ X  # (..., d, d): Σ_i x_i x_iᵀ, no 1/n (von Oswald's γ); symmetric
+        X, x_query = X - gamma * X @ gram, x_query - gamma * (gram @ x_query.unsqueeze(-1)).squeeze(-1)
+    return -query_label

@@ -166,3 +166,69 @@ def test_wrong_number_of_preconditioners() -> None:
         baselines.gd(b.X, b.y, b.x_query, [0.1, 0.2, 0.3], n_steps=2)
     with pytest.raises(ValueError, match="step_size"):
         baselines.gd(b.X, b.y, b.x_query, float("nan"))
+
+
+# --- GD++ --------------------------------------------------------------------------------------------
+
+
+def gd_plus_plus_preconditioners(
+    b: tasks.RegressionBatch, step_sizes: list[float], gammas: list[float]
+) -> list[torch.Tensor]:
+    """A_k = η_k T_kᵀ T_k with x^(k) = T_k x: GD++ as preconditioned GD on the original covariates. (B, d, d) each."""
+    d = b.X.shape[-1]
+    T = torch.eye(d, dtype=F64).expand(b.X.shape[0], d, d)
+    gram = b.X.mT @ b.X  # Σ_i x_i x_iᵀ
+    preconditioners = []
+    for eta, gamma in zip(step_sizes, gammas, strict=True):
+        preconditioners.append(eta * T.mT @ T)
+        T = T - gamma * T @ gram @ T.mT @ T  # x ← (I − γ Σ_i x_i^(k) x_i^(k)ᵀ) x with x^(k) = T x
+    return preconditioners
+
+
+def test_gd_plus_plus_is_preconditioned_gd_with_a_data_dependent_preconditioner() -> None:
+    b = batch(n=10)
+    step_sizes, gammas = [0.8, 1.2, 0.5], [0.01, 0.02, 0.015]
+    A = gd_plus_plus_preconditioners(b, step_sizes, gammas)
+    expected = baselines.preconditioned_gd(b.X, b.y, b.x_query, A, n_steps=3)
+    prediction = baselines.gd_plus_plus(b.X, b.y, b.x_query, step_sizes, gammas)
+    torch.testing.assert_close(prediction, expected, rtol=0, atol=1e-10)
+    wrong = gd_plus_plus_preconditioners(b, step_sizes, [0.0101, 0.02, 0.015])  # γ₁ off by 1%
+    assert not torch.allclose(
+        prediction, baselines.preconditioned_gd(b.X, b.y, b.x_query, wrong, n_steps=3), atol=1e-10
+    )
+
+
+def test_gd_plus_plus_without_gamma_is_gd_and_the_last_gamma_is_inert() -> None:
+    b = batch()
+    step_sizes = [0.3, 0.6]
+    plain = baselines.gd(b.X, b.y, b.x_query, step_sizes, n_steps=2)
+    torch.testing.assert_close(
+        baselines.gd_plus_plus(b.X, b.y, b.x_query, step_sizes, [0.0, 0.0]), plain, rtol=0, atol=1e-12
+    )
+    torch.testing.assert_close(
+        baselines.gd_plus_plus(b.X, b.y, b.x_query, step_sizes, [0.0, 5.0]), plain, rtol=0, atol=1e-12
+    )
+    assert (baselines.gd_plus_plus(b.X, b.y, b.x_query, step_sizes, [0.01, 0.0]) - plain).abs().max() > 1e-3
+
+
+def test_gd_plus_plus_keeps_dtype_shape_and_ensemble_axis() -> None:
+    b = batch()
+    X, y, x_query = (t.float() for t in (b.X, b.y, b.x_query))
+    prediction = baselines.gd_plus_plus(X, y, x_query, [0.1], [0.01])
+    assert prediction.shape == (8,) and prediction.dtype == torch.float32
+    stacked = [torch.stack([t, t]) for t in (b.X, b.y, b.x_query)]
+    twice = baselines.gd_plus_plus(*stacked, [0.2, 0.4], [0.01, 0.0])
+    assert twice.shape == (2, 8)
+    torch.testing.assert_close(twice[1], baselines.gd_plus_plus(b.X, b.y, b.x_query, [0.2, 0.4], [0.01, 0.0]))
+
+
+def test_gd_plus_plus_bad_input() -> None:
+    b = batch()
+    with pytest.raises(ValueError, match="gammas"):
+        baselines.gd_plus_plus(b.X, b.y, b.x_query, [0.1, 0.2], [0.01])
+    with pytest.raises(ValueError, match="step_sizes"):
+        baselines.gd_plus_plus(b.X, b.y, b.x_query, [], [])
+    with pytest.raises(ValueError, match=r"step_sizes\[1\]"):
+        baselines.gd_plus_plus(b.X, b.y, b.x_query, [0.1, float("nan")], [0.0, 0.0])
+    with pytest.raises(ValueError, match=r"gammas\[0\]"):
+        baselines.gd_plus_plus(b.X, b.y, b.x_query, [0.1], [float("inf")])
