@@ -10,6 +10,8 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import torch
+
 
 def positive_int(name: str, value: object, *, minimum: int = 1) -> int:
     """Return ``value`` if it is an integer >= ``minimum`` (bools are rejected)."""
@@ -48,3 +50,14 @@ def one_of(name: str, value: object, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(allowed)}")
     return str(value)
+
+
+def square_matrix(name: str, matrix: object) -> torch.Tensor:
+    """Return ``matrix`` if it is a finite (d, d) ``torch.Tensor`` with d >= 1."""
+    if not isinstance(matrix, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (d, d), got {type(matrix).__name__}")
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (d, d) with d >= 1, got {tuple(matrix.shape)}")
+    if not torch.isfinite(matrix).all():
+        raise ValueError(f"{name} has non-finite entries")
+    return matrix

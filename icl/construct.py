@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from icl.config import finite_float, positive_int
+from icl.config import finite_float, positive_int, square_matrix
 from icl.models import LinearTransformer
 
 
@@ -71,16 +71,6 @@ def _floats(name: str, values: object) -> list[float]:
     return [finite_float(f"{name}[{k}]", v) for k, v in enumerate(values)]
 
 
-def _square(name: str, matrix: object) -> torch.Tensor:
-    if not isinstance(matrix, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (d, d), got {type(matrix).__name__}")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
-        raise ValueError(f"{name} must be a square (d, d) matrix with d >= 1, got shape {tuple(matrix.shape)}")
-    if not torch.isfinite(matrix).all():
-        raise ValueError(f"{name} has non-finite entries")
-    return matrix
-
-
 def gd_layer(dim: int, step_size: float, *, dtype: torch.dtype = torch.float64) -> LayerWeights:
     """One GD step of size η on R(w) = (1/2n) Σ (⟨w, x_i⟩ − y_i)² from w = 0 -> P, Q: (d+1, d+1).
 
@@ -101,7 +91,7 @@ def preconditioned_gd_layer(preconditioner: torch.Tensor) -> LayerWeights:
     columns the layer applies Aᵀ (papers/README §1.6): for a non-symmetric A it is the step with Aᵀ.
     preconditioner: A, (d, d).
     """
-    return _blocks(_square("preconditioner", preconditioner), None)
+    return _blocks(square_matrix("preconditioner", preconditioner), None)
 
 
 def gd_transformer(dim: int, step_sizes: Sequence[float], *, dtype: torch.dtype = torch.float64) -> TransformerWeights:
@@ -122,7 +112,7 @@ def preconditioned_gd_transformer(preconditioners: torch.Tensor | Sequence[torch
         preconditioners = list(preconditioners)
     if isinstance(preconditioners, (str, bytes)) or not isinstance(preconditioners, Sequence) or not preconditioners:
         raise ValueError(f"preconditioners must be a (K, d, d) tensor or a non-empty sequence, got {preconditioners!r}")
-    layers = [_square(f"preconditioners[{k}]", A) for k, A in enumerate(preconditioners)]
+    layers = [square_matrix(f"preconditioners[{k}]", A) for k, A in enumerate(preconditioners)]
     shapes = {A.shape for A in layers}
     if len(shapes) != 1:
         raise ValueError(f"preconditioners must all have the same shape (d, d), got {sorted(map(tuple, shapes))}")

@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from icl.config import finite_float, positive_int
+from icl.config import finite_float, positive_int, square_matrix
 
 TaskPrior = Literal["identity", "inverse_covariance"]
 TASK_PRIORS: tuple[str, ...] = ("identity", "inverse_covariance")
@@ -37,12 +37,7 @@ def check_covariance(covariance: torch.Tensor, name: str = "covariance") -> torc
 
     Symmetry is checked to a relative 1e-6 (float32 round-off); positive definiteness by Cholesky.
     """
-    if not isinstance(covariance, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (d, d), got {type(covariance).__name__}")
-    if covariance.ndim != 2 or covariance.shape[0] != covariance.shape[1] or covariance.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (d, d) with d >= 1, got {tuple(covariance.shape)}")
-    if not torch.isfinite(covariance).all():
-        raise ValueError(f"{name} has non-finite entries")
+    square_matrix(name, covariance)
     scale = covariance.abs().max().clamp_min(torch.finfo(covariance.dtype).tiny)
     asymmetry = (covariance - covariance.T).abs().max() / scale
     if asymmetry > 1e-6:
