@@ -6,6 +6,11 @@ Computed in float64.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+from typing import NamedTuple
+
+import numpy as np
 import torch
 
 from icl.config import positive_int
@@ -68,3 +73,152 @@ def optimal_gd_step_size(covariance: torch.Tensor, n_context: int) -> torch.Tens
     s2 = covariance @ covariance
     curvature = (1 + 1 / n) * torch.trace(s2 @ covariance) + torch.trace(s2) * torch.trace(covariance) / n
     return torch.trace(s2) / curvature
+
+
+# --- L steps: exact Wishart moments -------------------------------------------------------------------------------
+
+
+def _wishart_power_sum_moment(powers: tuple[int, ...], dim: int, n_context: int) -> int:
+    """E Π_r tr W^{k_r} for W = X Xᵀ, X a (d, n) matrix of i.i.d. N(0, 1): an exact integer.
+
+    From Stein's identity E[X_ij g(X)] = E[∂g/∂X_ij] applied to tr W^k = Σ_ij X_ij (Xᵀ W^{k−1})_ji,
+    with F = Π_{r>1} tr W^{j_r}:
+
+        E[tr W^k F] = (n + k − 1) E[tr W^{k−1} F] + Σ_{m=1}^{k−1} E[tr W^m tr W^{k−1−m} F]
+                      + Σ_r 2 j_r E[tr W^{k+j_r−1} F / tr W^{j_r}],
+
+    with tr W⁰ = d. Every term has total power one less, so the recursion ends at the constant 1.
+    ``powers`` must be sorted and positive.
+    """
+    return _moment(powers, dim, n_context, {})
+
+
+def _moment(powers: tuple[int, ...], d: int, n: int, memo: dict[tuple[int, ...], int]) -> int:
+    if not powers:
+        return 1
+    if powers in memo:
+        return memo[powers]
+
+    def term(parts: list[int]) -> int:
+        zeros = sum(1 for p in parts if p == 0)
+        return d**zeros * _moment(tuple(sorted(p for p in parts if p > 0)), d, n, memo)
+
+    k, rest = powers[-1], list(powers[:-1])  # peel the largest power
+    total = (n + k - 1) * term([k - 1, *rest])
+    total += sum(term([m, k - 1 - m, *rest]) for m in range(1, k))
+    total += sum(2 * j * term([k + j - 1, *rest[:r], *rest[r + 1 :]]) for r, j in enumerate(rest))
+    memo[powers] = total
+    return total
+
+
+def wishart_trace_moments(dim: int, n_context: int, max_power: int) -> list[Fraction]:
+    """m_k = E tr Ŝ^k for k = 0 … ``max_power``, exactly, where Ŝ = (1/n) Σ_{i≤n} x_i x_iᵀ, x_i ~ N(0, I_d).
+
+    m₀ = d, m₁ = d, m₂ = d (n + d + 1)/n. On whitened data (x ~ N(0, Σ), w ~ N(0, Σ⁻¹)) the loss of
+    L steps of GD preconditioned by multiples of Σ⁻¹ depends on these moments only (k ≤ 2L).
+
+    >>> [str(m) for m in wishart_trace_moments(5, 20, 2)]
+    ['5', '5', '13/2']
+    """
+    d, n = positive_int("dim", dim), positive_int("n_context", n_context)
+    max_power = positive_int("max_power", max_power, minimum=0)
+    memo: dict[tuple[int, ...], int] = {}
+    return [Fraction(d)] + [Fraction(_moment((k,), d, n, memo), n**k) for k in range(1, max_power + 1)]
+
+
+def _polynomial_from_step_sizes(step_sizes: torch.Tensor) -> list[float]:
+    """Coefficients c₀ … c_L (c₀ = 1) of p(λ) = Π_ℓ (1 − a_ℓ λ)."""
+    coefficients = [1.0]
+    for a in step_sizes.tolist():
+        coefficients = [c - a * (coefficients[i - 1] if i else 0.0) for i, c in enumerate([*coefficients, 0.0])]
+    return coefficients
+
+
+def multi_step_loss(step_sizes: torch.Tensor, dim: int, n_context: int) -> torch.Tensor:
+    """MSE of L steps of GD preconditioned by A_ℓ = a_ℓ Σ⁻¹ from w = 0, on x ~ N(0, Σ), w ~ N(0, Σ⁻¹),
+    noiseless: E tr p(Ŝ)² with p(λ) = Π_ℓ (1 − a_ℓ λ) and Ŝ the whitened sample covariance.
+
+    step_sizes: (L,) -> () float64. The order of the steps does not matter (Ahn et al. 2023, Lemma B.4).
+    """
+    step_sizes = torch.as_tensor(step_sizes, dtype=torch.float64).reshape(-1)
+    p = _polynomial_from_step_sizes(step_sizes)
+    square = [
+        sum(p[i] * p[k - i] for i in range(max(0, k - len(p) + 1), min(k, len(p) - 1) + 1))
+        for k in range(2 * len(p) - 1)
+    ]
+    moments = wishart_trace_moments(dim, n_context, len(square) - 1)
+    return torch.tensor(sum(c * float(m) for c, m in zip(square, moments, strict=True)), dtype=torch.float64)
+
+
+class MultiStepOptimum(NamedTuple):
+    """The best L steps of GD preconditioned by multiples of Σ⁻¹ (whitened data)."""
+
+    step_sizes: torch.Tensor  # (L,) a_ℓ, ascending; any order of the layers is optimal
+    loss: torch.Tensor  # () the MSE d − gᵀ H⁻¹ g
+
+
+def optimal_multi_step(dim: int, n_context: int, n_steps: int) -> MultiStepOptimum:
+    """The step sizes a_ℓ minimising :func:`multi_step_loss` (Ahn et al. 2023, Thm 3 made computable).
+
+    Write p(λ) = 1 + Σ_{j=1}^{L} c_j λ^j. The loss d + 2 Σ_j c_j m_j + Σ_{jk} c_j c_k m_{j+k} is a
+    quadratic in c, minimised by c* = −H⁻¹ g with H_jk = m_{j+k}, g_j = m_j (solved exactly, in
+    rationals); the a_ℓ are the reciprocals of the roots of p. For L = 1 this is a = n/(n + d + 1).
+
+    >>> optimum = optimal_multi_step(5, 20, 3)
+    >>> [round(a, 3) for a in optimum.step_sizes.tolist()], round(optimum.loss.item(), 3)
+    ([0.422, 0.689, 1.714], 0.134)
+    """
+    L = positive_int("n_steps", n_steps)
+    m = wishart_trace_moments(dim, n_context, 2 * L)
+    H = [[m[j + k] for k in range(1, L + 1)] for j in range(1, L + 1)]
+    g = [m[j] for j in range(1, L + 1)]
+    c = _solve_exact(H, [-x for x in g])
+    loss = m[0] + sum(ci * gi for ci, gi in zip(c, g, strict=True))  # d − gᵀH⁻¹g, as c = −H⁻¹g
+    roots = np.roots([float(x) for x in reversed([Fraction(1), *c])])
+    if np.abs(roots.imag).max() > 1e-9 * np.abs(roots).max() or (roots.real <= 0).any():
+        raise ArithmeticError(f"the optimal polynomial's roots are not real and positive: {roots}")
+    step_sizes = np.sort(1.0 / roots.real)
+    return MultiStepOptimum(
+        torch.tensor(step_sizes, dtype=torch.float64), torch.tensor(float(loss), dtype=torch.float64)
+    )
+
+
+def _solve_exact(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fraction]:
+    """Gaussian elimination in rationals (H is a Hankel moment matrix: positive definite, ill-conditioned)."""
+    size = len(rhs)
+    rows = [[*row, b] for row, b in zip(matrix, rhs, strict=True)]
+    for col in range(size):
+        pivot = next(r for r in range(col, size) if rows[r][col] != 0)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(size):
+            if r != col and rows[r][col] != 0:
+                factor = rows[r][col] / rows[col][col]
+                rows[r] = [x - factor * y for x, y in zip(rows[r], rows[col], strict=True)]
+    return [rows[i][size] / rows[i][i] for i in range(size)]
+
+
+def looped_loss_polynomial(dim: int, n_context: int, n_loops: int) -> np.polynomial.Polynomial:
+    """The MSE of ``n_loops`` steps of GD with one shared preconditioner a Σ⁻¹ as a polynomial in a:
+    E tr (I − a Ŝ)^{2L} = Σ_k C(2L, k) (−a)^k m_k on whitened data (a weight-tied, looped model with u = 0)."""
+    L = positive_int("n_loops", n_loops)
+    m = wishart_trace_moments(dim, n_context, 2 * L)
+    return np.polynomial.Polynomial([float(math.comb(2 * L, k) * (-1) ** k * m[k]) for k in range(2 * L + 1)])
+
+
+def optimal_looped_step_size(dim: int, n_context: int, n_loops: int) -> MultiStepOptimum:
+    """The best shared step a* of :func:`looped_loss_polynomial` (Gatmiry et al. 2024), and its loss.
+
+    The loss is a convex polynomial in a (an expectation of even powers of affine functions), so a*
+    is the one real root of its derivative. For L = 1 it is n/(n + d + 1).
+
+    >>> round(optimal_looped_step_size(10, 20, 2).step_sizes[0].item(), 3)
+    0.628
+    """
+    polynomial = looped_loss_polynomial(dim, n_context, n_loops)
+    critical = polynomial.deriv().roots()
+    real = critical[np.abs(critical.imag) <= 1e-9 * max(1.0, np.abs(critical).max())].real
+    best = real[np.argmin(polynomial(real))]
+    return MultiStepOptimum(
+        torch.full((n_loops,), float(best), dtype=torch.float64),
+        torch.tensor(float(polynomial(best)), dtype=torch.float64),
+    )

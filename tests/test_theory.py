@@ -7,6 +7,7 @@ rival value (the loss of a 10 %-perturbed preconditioner) must fall outside that
 from __future__ import annotations
 
 import doctest
+import math
 
 import pytest
 import torch
@@ -144,3 +145,116 @@ def test_one_step_loss_checks_its_covariance() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(theory, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- L steps ------------------------------------------------------------------------------------------------------
+
+
+def test_wishart_moments_match_known_closed_forms() -> None:
+    """E tr W = nd, E tr W² = nd(n + d + 1), E tr W³ = nd(n² + d² + 3nd + 3n + 3d + 4) for W = XXᵀ."""
+    for d, n in ((1, 1), (5, 20), (10, 3), (7, 7)):
+        m = theory.wishart_trace_moments(d, n, 3)
+        assert m[0] == d and m[1] == d
+        assert m[2] * n**2 == n * d * (n + d + 1)
+        assert m[3] * n**3 == n * d * (n * n + d * d + 3 * n * d + 3 * n + 3 * d + 4)
+
+
+def test_wishart_moments_in_one_dimension_are_chi_square_moments() -> None:
+    """d = 1: W ~ χ²_n, E W^k = n(n + 2)…(n + 2k − 2)."""
+    n = 6
+    m = theory.wishart_trace_moments(1, n, 8)
+    for k in range(1, 9):
+        assert m[k] * n**k == math.prod(n + 2 * i for i in range(k))
+
+
+def test_wishart_moments_equal_monte_carlo() -> None:
+    """d = 5, n = 20, k ≤ 8, 10⁵ float64 samples: within 4 standard errors at every k."""
+    d, n, samples = 5, 20, 100_000
+    X = torch.randn(samples, d, n, generator=gen(20), dtype=F64)
+    eigenvalues = torch.linalg.eigvalsh(X @ X.mT / n)
+    exact = theory.wishart_trace_moments(d, n, 8)
+    for k in range(1, 9):
+        traces = (eigenvalues**k).sum(-1)
+        se = traces.std().item() / samples**0.5
+        assert abs(traces.mean().item() - float(exact[k])) <= K_SE * se, k
+
+
+@pytest.mark.parametrize(
+    ("n_steps", "step_sizes", "loss"),
+    [
+        (1, [0.769], 1.154),
+        (2, [0.515, 1.249], 0.361),
+        (3, [0.422, 0.689, 1.714], 0.134),
+        (4, [0.362, 0.521, 0.889], 0.055),  # the largest, 2.139, is checked to ±0.002 below
+    ],
+)
+def test_optimal_multi_step_matches_the_papers_numbers(n_steps: int, step_sizes: list[float], loss: float) -> None:
+    """Ahn et al. 2023, Thm 3 at d = 5, n = 20 (paper note's table; Fig. 2 shows ≈ 0.43, 0.69, 1.72 at L = 3)."""
+    optimum = theory.optimal_multi_step(5, 20, n_steps)
+    assert optimum.step_sizes.shape == (n_steps,)
+    torch.testing.assert_close(
+        optimum.step_sizes[: len(step_sizes)], torch.tensor(step_sizes, dtype=F64), atol=1e-3, rtol=0
+    )
+    assert abs(optimum.loss.item() - loss) < 1e-3
+    if n_steps == 4:
+        assert abs(optimum.step_sizes[3].item() - 2.14) < 2e-3
+    assert abs(optimum.loss.item() - theory.multi_step_loss(optimum.step_sizes, 5, 20).item()) < 1e-10
+
+
+def test_one_optimal_step_is_the_one_layer_optimum() -> None:
+    for d, n in ((5, 20), (10, 7), (3, 100)):
+        optimum = theory.optimal_multi_step(d, n, 1)
+        assert abs(optimum.step_sizes.item() - n / (n + d + 1)) < 1e-12
+        torch.testing.assert_close(optimum.loss, theory.optimal_one_step_loss(torch.eye(d), n), rtol=1e-12, atol=0)
+
+
+def test_optimal_multi_step_is_a_minimum_and_order_free() -> None:
+    optimum = theory.optimal_multi_step(5, 20, 3)
+    steps = optimum.step_sizes
+    assert abs(theory.multi_step_loss(steps.flip(0), 5, 20).item() - optimum.loss.item()) < 1e-12
+    g = gen(21)
+    for _ in range(30):
+        perturbed = steps + 1e-3 * torch.randn(3, generator=g, dtype=F64)
+        assert theory.multi_step_loss(perturbed, 5, 20) > optimum.loss
+    assert theory.multi_step_loss(torch.zeros(3), 5, 20).item() == 5.0  # no step: the zero predictor, E y² = d
+
+
+def test_multi_step_loss_equals_monte_carlo_on_a_rotated_covariance() -> None:
+    """L = 3 steps preconditioned by a_ℓ Σ⁻¹ on x ~ N(0, Σ), w ~ N(0, Σ⁻¹): the whitened closed form holds."""
+    covariance, n = rotated(22), 20
+    steps = theory.optimal_multi_step(5, n, 3).step_sizes
+    inverse = torch.linalg.inv(covariance)
+    g = gen(23)
+    errors = []
+    for _ in range(4):
+        b = tasks.sample_regression(50_000, n, covariance, generator=g, dtype=F64, task_prior="inverse_covariance")
+        errors.append(
+            baselines.preconditioned_gd(b.X, b.y, b.x_query, [a * inverse for a in steps], n_steps=3) - b.y_query
+        )
+    errors = torch.cat(errors)
+    estimate = evaluate.mse(errors, torch.zeros_like(errors))
+    band = K_SE * estimate.standard_error.item()
+    assert abs(estimate.mean.item() - theory.multi_step_loss(steps, 5, n).item()) <= band, estimate
+    assert abs(estimate.mean.item() - theory.multi_step_loss(1.1 * steps, 5, n).item()) > band
+
+
+def test_looped_step_size() -> None:
+    """L = 1 gives n/(n + d + 1); the looped loss is the multi-step loss with equal steps, and its minimum."""
+    assert abs(theory.optimal_looped_step_size(10, 20, 1).step_sizes.item() - 20 / 31) < 1e-12
+    for L in (2, 3, 5):
+        looped = theory.optimal_looped_step_size(10, 20, L)
+        a = looped.step_sizes[0].item()
+        assert torch.all(looped.step_sizes == a)
+        assert abs(theory.multi_step_loss(looped.step_sizes, 10, 20).item() - looped.loss.item()) < 1e-9
+        for delta in (-1e-3, 1e-3):
+            assert theory.multi_step_loss(torch.full((L,), a + delta), 10, 20) > looped.loss
+        assert theory.optimal_multi_step(10, 20, L).loss < looped.loss  # untied steps do better
+
+
+def test_multi_step_bad_input_names_the_parameter() -> None:
+    with pytest.raises(ValueError, match="n_steps"):
+        theory.optimal_multi_step(5, 20, 0)
+    with pytest.raises(ValueError, match="dim"):
+        theory.wishart_trace_moments(-1, 20, 2)
+    with pytest.raises(ValueError, match="n_loops"):
+        theory.optimal_looped_step_size(5, 20, 1.5)
