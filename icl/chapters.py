@@ -35,6 +35,7 @@ CHAPTERS: dict[str, Chapter] = {
     for c in (
         Chapter("01_setup_and_notation", "Setup and notation", None, sizes=("dim", "n_context")),
         Chapter("02_one_step_pgd", "One layer of linear attention is one step of preconditioned GD", "one_step_pgd"),
+        Chapter("03_multi_step_pgd", "L layers of linear attention are L steps of preconditioned GD", "multi_step_pgd"),
     )
 }
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -57,9 +57,15 @@ class TrainConfig:
 
 
 class TrainResult(NamedTuple):
-    """losses: (steps, E), the training MSE of every model at every step (on that step's fresh prompts)."""
+    """losses: (steps, E), the training MSE of every model at every step (on that step's fresh prompts).
+
+    With ``snapshot_every = k``, ``snapshots[name]`` is (T, *shape) with the parameter ``name`` before
+    the first step and after every k-th step (and after the last), at steps ``snapshot_steps``: (T,).
+    """
 
     losses: torch.Tensor
+    snapshot_steps: torch.Tensor
+    snapshots: dict[str, torch.Tensor]
 
 
 def train(
@@ -71,6 +77,7 @@ def train(
     checkpoint: Path | None = None,
     progress: bool = True,
     description: str = "training",
+    snapshot_every: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on fresh prompts from ``sample(generator)``; returns the loss curves.
 
@@ -80,13 +87,23 @@ def train(
     result is safe elsewhere (:func:`icl.experiments.common.fit_cached` does, after the store has it).
     """
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
+    if snapshot_every is not None:
+        snapshot_every = positive_int("snapshot_every", snapshot_every)
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {name: p.detach().cpu().clone() for name, p in model.named_parameters()}
+
     start, history = 0, []
+    snapshots: list[dict[str, torch.Tensor]] = [snapshot()] if snapshot_every else []
+    snapshot_steps = [0] if snapshot_every else []
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=True, map_location=generator.device)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         generator.set_state(state["generator"].cpu())
         start, history = int(state["step"]), list(state["losses"])
+        snapshot_steps = state["snapshot_steps"].tolist()
+        snapshots = [{k: v[t] for k, v in state["snapshots"].items()} for t in range(len(snapshot_steps))]
 
     # A plain text bar (no widgets), refreshed every 2 s so that notebooks and CI logs stay small.
     bar = tqdm(
@@ -110,6 +127,9 @@ def train(
         if (step + 1) % 100 == 0:
             bar.set_postfix(mse=f"{per_model.mean().item():.4f}")
         done = step + 1
+        if snapshot_every and (done % snapshot_every == 0 or done == config.steps):
+            snapshots.append(snapshot())
+            snapshot_steps.append(done)
         if checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.steps):
             state = {
                 "step": done,
@@ -117,7 +137,15 @@ def train(
                 "optimiser": optimiser.state_dict(),
                 "generator": generator.get_state(),
                 "losses": torch.stack(history),
+                **_stacked(snapshot_steps, snapshots),
             }
             atomic_torch_save(state, checkpoint)
     bar.close()
-    return TrainResult(losses=torch.stack(history).cpu() if history else torch.empty(0))
+    return TrainResult(
+        losses=torch.stack(history).cpu() if history else torch.empty(0), **_stacked(snapshot_steps, snapshots)
+    )
+
+
+def _stacked(steps: list[int], snapshots: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    stacked = {name: torch.stack([s[name] for s in snapshots]) for name in snapshots[0]} if snapshots else {}
+    return {"snapshot_steps": torch.tensor(steps, dtype=torch.long), "snapshots": stacked}

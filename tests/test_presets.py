@@ -68,7 +68,10 @@ def test_configs_are_frozen_and_hashable() -> None:
     "call, message",
     [
         (lambda: presets.get("one_step_pgd", "huge"), r"unknown preset 'huge'; choose one of \['paper', 'quick'\]"),
-        (lambda: presets.get("nope", "quick"), r"unknown experiment 'nope'; choose one of \['one_step_pgd'\]"),
+        (
+            lambda: presets.get("nope", "quick"),
+            r"unknown experiment 'nope'; choose one of \['multi_step_pgd', 'one_step_pgd'\]",
+        ),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=5), r"unknown parameter 'n_ctx' for one_step_pgd"),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=None), r"unknown parameter 'n_ctx'"),
         (lambda: presets.parameter_names("nope"), "unknown experiment 'nope'"),

@@ -162,3 +162,31 @@ def test_config_is_frozen() -> None:
     config = TrainConfig(steps=10)
     with pytest.raises(AttributeError):
         config.steps = 20  # type: ignore[misc]
+
+
+def test_snapshots_record_the_parameters_over_training_and_survive_a_resume(tmp_path: Path) -> None:
+    config = TrainConfig(steps=10, checkpoint_every=4)
+    straight = model()
+    initial = {name: p.detach().clone() for name, p in straight.named_parameters()}
+    expected = train(straight, sampler, config, generator=gen(7), progress=False, snapshot_every=3)
+    assert expected.snapshot_steps.tolist() == [0, 3, 6, 9, 10]
+    for name, p in straight.named_parameters():
+        history = expected.snapshots[name]
+        assert history.shape == (5, *p.shape)
+        assert torch.equal(history[0], initial[name]) and torch.equal(history[-1], p.detach())
+        assert not torch.equal(history[1], history[0])
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            model(), Interrupted(9), config, generator=gen(7), checkpoint=checkpoint, progress=False, snapshot_every=3
+        )
+    resumed = train(
+        model(seed=99), sampler, config, generator=gen(1), checkpoint=checkpoint, progress=False, snapshot_every=3
+    )
+    assert torch.equal(resumed.snapshot_steps, expected.snapshot_steps)
+    for name in expected.snapshots:
+        assert torch.equal(resumed.snapshots[name], expected.snapshots[name])
+    assert train(model(), sampler, config, generator=gen(7), progress=False).snapshots == {}
+    with pytest.raises(ValueError, match="snapshot_every"):
+        train(model(), sampler, config, generator=gen(7), progress=False, snapshot_every=0)

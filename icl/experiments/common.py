@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from icl import store
-from icl.train import PromptSampler, TrainConfig, train
+from icl.train import PromptSampler, TrainConfig, TrainResult, train
 
 
 def validate_seed(seed: object) -> int:
@@ -29,8 +29,10 @@ def fit_cached(
     generator: torch.Generator,
     progress: bool,
     description: str = "",
-) -> torch.Tensor:
-    """Train ``model`` in place, or load its trained weights from the store; returns the loss curves (steps, E).
+    snapshot_every: int | None = None,
+) -> TrainResult:
+    """Train ``model`` in place, or load its trained weights from the store; returns the loss curves (steps, E)
+    and, with ``snapshot_every``, the parameters over training (see :class:`icl.train.TrainResult`).
 
     The store key is (``name``-``part``, ``config``, icl's source hash); ``part`` is a short slug
     naming the sub-run (``"n20"``). While training, a checkpoint
@@ -48,14 +50,15 @@ def fit_cached(
             checkpoint=checkpoint,
             progress=progress,
             description=description or part,
+            snapshot_every=snapshot_every,
         )
-        return {"state": model.state_dict(), "losses": result.losses}
+        return {"state": model.state_dict(), **result._asdict()}
 
     stored = store.cached(key, config, compute)
     # Only now, with the trained state stored, may the checkpoint go: a kill before this line resumes.
     store.checkpoint_path(store.config_key(key, config)).unlink(missing_ok=True)
     model.load_state_dict(stored["state"])
-    return stored["losses"]
+    return TrainResult(*(stored[field] for field in TrainResult._fields))
 
 
 def downsample_curve(curve: torch.Tensor, points: int = 400) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,7 +147,7 @@ def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int
         return tasks.sample_regression(batch_size, n, covariance32, generator=generator)
 
     train_config = TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate)
-    losses = fit_cached(
+    result = fit_cached(
         NAME,
         config,
         f"n{n}",
@@ -158,7 +158,7 @@ def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int
         progress=progress,
         description=f"n={n}, {covariance.shape[0]} models",
     )
-    return _Trained(model, losses, streams.eval, initial)
+    return _Trained(model, result.losses, streams.eval, initial)
 
 
 @torch.no_grad()
