@@ -6,7 +6,9 @@ Shapes (the papers' letters): ``B`` prompts, ``n`` labelled context examples (qu
 - ``X``: (B, n, d) context covariates, ``y``: (B, n) their labels,
 - ``x_query``: (B, d), ``y_query``: (B,), ``w``: (B, d) the task vector.
 
-x ~ N(0, Σ); w ~ N(0, I_d) (family D-Σ) or w ~ N(0, Σ⁻¹) (D-distorted); y = ⟨w, x⟩ + σ·ε.
+x = L ε with Σ = L Lᵀ and ε of i.i.d. unit-variance coordinates, Gaussian (x ~ N(0, Σ)) or uniform on
+[−√3, √3] (Σ = I/12 gives von Oswald et al.'s x ~ U(−½, ½)^d); w ~ N(0, I_d) (family D-Σ) or
+w ~ N(0, Σ⁻¹) (D-distorted); y = ⟨w, x⟩ + σ·ε.
 Every sampler takes a keyword-only ``generator`` and draws on its device.
 """
 
@@ -20,6 +22,8 @@ from icl.config import finite_float, positive_int, square_matrix
 
 TaskPrior = Literal["identity", "inverse_covariance"]
 TASK_PRIORS: tuple[str, ...] = ("identity", "inverse_covariance")
+CovariateLaw = Literal["gaussian", "uniform"]
+COVARIATE_LAWS: tuple[str, ...] = ("gaussian", "uniform")
 
 
 class RegressionBatch(NamedTuple):
@@ -92,6 +96,7 @@ def sample_regression(
     *,
     generator: torch.Generator,
     task_prior: TaskPrior = "identity",
+    covariate_law: CovariateLaw = "gaussian",
     noise_std: float = 0.0,
     dtype: torch.dtype = torch.float32,
 ) -> RegressionBatch:
@@ -106,6 +111,8 @@ def sample_regression(
     noise_std = finite_float("noise_std", noise_std, minimum=0.0)
     if task_prior not in TASK_PRIORS:
         raise ValueError(f"unknown task_prior {task_prior!r}; choose one of {sorted(TASK_PRIORS)}")
+    if covariate_law not in COVARIATE_LAWS:
+        raise ValueError(f"unknown covariate_law {covariate_law!r}; choose one of {sorted(COVARIATE_LAWS)}")
     device = generator.device
     family = covariance.reshape(-1, *covariance.shape[-2:])
     for i, cov in enumerate(family):
@@ -114,7 +121,11 @@ def sample_regression(
     dim = covariance.shape[-1]
     chol = torch.linalg.cholesky(covariance.to(device=device, dtype=torch.float64))  # (..., d, d)
 
-    raw = torch.randn(*lead, n_prompts, n_context + 1, dim, generator=generator, device=device, dtype=dtype)
+    shape = (*lead, n_prompts, n_context + 1, dim)
+    if covariate_law == "gaussian":
+        raw = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    else:  # uniform on [−√3, √3]: mean 0, variance 1
+        raw = torch.rand(shape, generator=generator, device=device, dtype=dtype).sub_(0.5).mul_(2 * 3**0.5)
     w = torch.randn(*lead, n_prompts, dim, generator=generator, device=device, dtype=dtype)
     if task_prior == "inverse_covariance":
         # w = L⁻ᵀ ε  <=>  Lᵀ w = ε: one triangular solve per family, the B task vectors as its columns

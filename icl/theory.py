@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from icl.config import positive_int
+from icl.config import finite_float, positive_int
 from icl.tasks import check_covariance
 
 
@@ -222,3 +222,34 @@ def optimal_looped_step_size(dim: int, n_context: int, n_loops: int) -> MultiSte
         torch.full((n_loops,), float(best), dtype=torch.float64),
         torch.tensor(float(polynomial(best)), dtype=torch.float64),
     )
+
+
+# --- One GD step on covariates with i.i.d. coordinates (von Oswald et al. 2023) -----------------------------------
+
+
+def _iid_second_trace(dim: int, n_context: int, variance: float, fourth_moment: float) -> float:
+    """E tr Ŝ² for x with i.i.d. coordinates of variance σ² and fourth moment μ₄:
+    (1/n)(d μ₄ + d(d − 1) σ⁴) + (1 − 1/n) d σ⁴."""
+    d, n = positive_int("dim", dim), positive_int("n_context", n_context)
+    variance = finite_float("variance", variance, minimum=0.0, strict=True)
+    fourth_moment = finite_float("fourth_moment", fourth_moment, minimum=variance**2)
+    return (d * fourth_moment + d * (d - 1) * variance**2) / n + (1 - 1 / n) * d * variance**2
+
+
+def iid_gd_step_loss(step_size: float, dim: int, n_context: int, variance: float, fourth_moment: float) -> float:
+    """MSE of one plain GD step w = η h from w = 0 on x with i.i.d. coordinates (variance σ², fourth moment μ₄),
+    w ~ N(0, I_d), noiseless: σ² (d − 2η d σ² + η² E tr Ŝ²). Any law of the coordinates, not only Gaussian."""
+    step_size = finite_float("step_size", step_size)
+    second = _iid_second_trace(dim, n_context, variance, fourth_moment)
+    return variance * (dim - 2 * step_size * dim * variance + step_size**2 * second)
+
+
+def iid_optimal_gd_step_size(dim: int, n_context: int, variance: float, fourth_moment: float) -> float:
+    """η* = d σ² / E tr Ŝ², the minimiser of :func:`iid_gd_step_loss`.
+
+    For von Oswald et al.'s x ~ U(−½, ½)^10 (σ² = 1/12, μ₄ = 1/80) and n = 10: η* = 6.06, ½·MSE = 0.2062.
+
+    >>> round(iid_optimal_gd_step_size(10, 10, 1 / 12, 1 / 80), 2)
+    6.06
+    """
+    return dim * variance / _iid_second_trace(dim, n_context, variance, fourth_moment)

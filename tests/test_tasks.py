@@ -227,3 +227,19 @@ def test_random_rotation_is_orthogonal_and_reproducible(dim: int) -> None:
         assert not torch.equal(rotation, tasks.random_rotation(dim, generator=gen(4)))
     with pytest.raises(ValueError, match="dim"):
         tasks.random_rotation(0, generator=gen())
+
+
+def test_uniform_covariates_are_von_oswalds() -> None:
+    """Σ = I/12 with the uniform law is x ~ U(−½, ½)^d: range, variance 1/12, fourth moment 1/80."""
+    g = torch.Generator().manual_seed(0)
+    batch = tasks.sample_regression(
+        20_000, 10, torch.eye(4) / 12, generator=g, covariate_law="uniform", dtype=torch.float64
+    )
+    x = torch.cat([batch.X.reshape(-1, 4), batch.x_query])
+    assert x.abs().max() <= 0.5 and x.abs().max() > 0.499
+    count = x.numel()
+    assert abs((x**2).mean().item() - 1 / 12) < 5 * (x**2).std().item() / count**0.5
+    assert abs((x**4).mean().item() - 1 / 80) < 5 * (x**4).std().item() / count**0.5
+    torch.testing.assert_close(batch.y, (batch.X * batch.w[:, None, :]).sum(-1))
+    with pytest.raises(ValueError, match="covariate_law"):
+        tasks.sample_regression(2, 3, torch.eye(2), generator=g, covariate_law="laplace")

@@ -258,3 +258,34 @@ def test_multi_step_bad_input_names_the_parameter() -> None:
         theory.wishart_trace_moments(-1, 20, 2)
     with pytest.raises(ValueError, match="n_loops"):
         theory.optimal_looped_step_size(5, 20, 1.5)
+
+
+# --- One GD step, i.i.d. coordinates ------------------------------------------------------------------------------
+
+
+def test_iid_gd_step_reduces_to_the_gaussian_formula() -> None:
+    """Gaussian coordinates (μ₄ = 3σ⁴) and Σ = σ² I: the general closed forms agree."""
+    for variance, d, n in ((1.0, 5, 20), (0.3, 10, 7)):
+        covariance = variance * torch.eye(d, dtype=F64)
+        step = theory.iid_optimal_gd_step_size(d, n, variance, 3 * variance**2)
+        assert abs(step - theory.optimal_gd_step_size(covariance, n).item()) < 1e-12
+        expected = theory.one_step_loss(step * torch.eye(d, dtype=F64), covariance, n).item()
+        assert abs(theory.iid_gd_step_loss(step, d, n, variance, 3 * variance**2) - expected) < 1e-12
+
+
+def test_iid_gd_step_equals_monte_carlo_on_uniform_covariates() -> None:
+    """von Oswald's x ~ U(−½, ½)^10, n = 10: η* = 6.06 and ½·MSE = 0.2062; Monte Carlo within 4 s.e."""
+    d = n = 10
+    variance, fourth = 1 / 12, 1 / 80
+    step = theory.iid_optimal_gd_step_size(d, n, variance, fourth)
+    loss = theory.iid_gd_step_loss(step, d, n, variance, fourth)
+    assert round(step, 2) == 6.06 and round(loss / 2, 4) == 0.2062
+    g = gen(30)
+    b = tasks.sample_regression(
+        200_000, n, torch.eye(d, dtype=F64) / 12, generator=g, covariate_law="uniform", dtype=F64
+    )
+    estimate = evaluate.mse(baselines.gd(b.X, b.y, b.x_query, step), b.y_query)
+    band = K_SE * estimate.standard_error.item()
+    assert abs(estimate.mean.item() - loss) <= band, estimate
+    # Power: the Gaussian formula with the same variance (μ₄ = 3σ⁴ instead of 9σ⁴/5) is outside the band.
+    assert abs(estimate.mean.item() - theory.iid_gd_step_loss(step, d, n, variance, 3 * variance**2)) > band
