@@ -36,6 +36,7 @@ CHAPTERS: dict[str, Chapter] = {
         Chapter("01_setup_and_notation", "Setup and notation", None, sizes=("dim", "n_context")),
         Chapter("02_one_step_pgd", "One layer of linear attention is one step of preconditioned GD", "one_step_pgd"),
         Chapter("03_multi_step_pgd", "L layers of linear attention are L steps of preconditioned GD", "multi_step_pgd"),
+        Chapter("04_trained_transformers_do_gd", "Trained transformers do gradient descent, and GD++", "von_oswald_gd"),
     )
 }
 

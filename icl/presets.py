@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icl.device import resolve_device
-from icl.experiments import multi_step_pgd, one_step_pgd
+from icl.experiments import multi_step_pgd, one_step_pgd, von_oswald_gd
 
 PRESET_NAMES: tuple[str, ...] = ("quick", "paper")
 
@@ -54,6 +54,15 @@ REGISTRY: Mapping[str, Preset] = {
             batch_size="8× smaller batches; the cosine learning-rate decay averages the extra noise",
             n_seeds="3 seeds, the fewest the book's checks accept",
             n_test="half the test set; the standard error is stated beside the loss",
+        ),
+    ),
+    "von_oswald_gd": Preset(
+        config=von_oswald_gd.VonOswaldGDConfig,
+        paper=dict(train_steps=5000, batch_size=2048, n_seeds=5, n_test=100_000),
+        quick=dict(train_steps=2000, n_seeds=3),
+        why_quick=dict(
+            train_steps="2.5× fewer Adam steps; the same checks hold",
+            n_seeds="3 seeds, the fewest the book's checks accept",
         ),
     ),
 }

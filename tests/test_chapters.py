@@ -22,6 +22,7 @@ TOC_CHAPTERS = re.findall(r"^\s*-\s*file:\s*(book/\S+)\s*$", (ROOT / "_toc.yml")
 TINY = {
     "book/02_one_step_pgd": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_context=6"],
     "book/03_multi_step_pgd": ["-p", "train_steps=5", "-p", "spectrum=(1.0, 0.25)", "-p", "n_context=6"],
+    "book/04_trained_transformers_do_gd": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_context=6"],
 }
 
 pytestmark = pytest.mark.notebooks

@@ -1,0 +1,430 @@
+"""A transformer built by hand is gradient descent, and a trained one finds it: one layer learns one GD
+step, and a weight-tied two-layer model learns GD++ rather than two GD steps (von Oswald et al. 2023,
+Prop. 1, Figs 2 and 3a).
+
+Data as in the authors' code: x ~ U(−r, r)^d with r = ½, w ~ N(0, I_d), noiseless, d = n = 10. Two
+ensembles of full (P, Q) models are trained, one model per seed: one layer, and one layer applied twice
+(``looped``). They are compared with GD at the exact best step η* (closed form), with two GD steps of
+one shared size, and with two GD++ steps of one shared (η, γ), both fitted on a validation set. Losses
+are reported as ½·MSE, von Oswald's axis.
+
+Shapes in the result: ``S`` seeds, ``T`` snapshots, ``C`` points of the loss curves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from icl import baselines, construct, evaluate, rng, tasks, theory
+from icl.checks import ClaimChecks
+from icl.config import finite_float, positive_int
+from icl.experiments.common import downsample_curve, fit_cached, validate_seed
+from icl.models import LinearTransformer
+from icl.train import TrainConfig
+
+NAME = "von_oswald_gd"
+SNAPSHOTS = 50
+ALIGNMENT_PROMPTS = 2000
+EVAL_CHUNK = 20_000
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class VonOswaldGDConfig:
+    """The experiment's parameters; every field is validated on construction."""
+
+    dim: int = 10
+    n_context: int = 10
+    input_range: float = 0.5  # x ~ U(−r, r)^d
+    n_seeds: int = 5
+    train_steps: int = 5000
+    batch_size: int = 2048
+    learning_rate: float = 0.01
+    init_std: float = 0.01
+    n_validation: int = 10_000
+    n_test: int = 100_000
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        for name in ("dim", "n_context", "n_seeds", "train_steps", "batch_size"):
+            put(name, positive_int(name, getattr(self, name)))
+        put("input_range", finite_float("input_range", self.input_range, minimum=0.0, strict=True))
+        put("learning_rate", finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True))
+        put("init_std", finite_float("init_std", self.init_std, minimum=0.0, strict=True))
+        put("n_validation", positive_int("n_validation", self.n_validation, minimum=2))
+        put("n_test", positive_int("n_test", self.n_test, minimum=2))
+        put("seed", validate_seed(self.seed))
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+
+    @property
+    def variance(self) -> float:
+        """σ² = r²/3 of each coordinate of x."""
+        return self.input_range**2 / 3
+
+    @property
+    def fourth_moment(self) -> float:
+        """μ₄ = r⁴/5."""
+        return self.input_range**4 / 5
+
+
+class VonOswaldGDResult(NamedTuple):
+    """Every number the chapter plots or checks; losses are ½·MSE."""
+
+    construction_error: torch.Tensor  # (3,) max |ŷ_built − ŷ_algorithm| for GD ×1, GD ×2, GD++ ×2 (float64)
+    gd_step_size: float  # η*, closed form
+    gd_loss: float  # ½·MSE at η*, closed form
+    gd_test_loss: float  # Monte Carlo, on the test prompts
+    gd2_step_size: float  # two steps of one size, fitted on the validation prompts
+    gd2_test_loss: float
+    gdpp_step_size: float  # two GD++ steps of one (η, γ), fitted on the validation prompts
+    gdpp_gamma: float
+    gdpp_test_loss: float
+    zero_loss: float  # ½ d σ², the zero predictor
+    one_layer_loss: torch.Tensor  # (S,) ½·MSE of the trained one-layer models
+    one_layer_loss_se: torch.Tensor  # (S,)
+    one_layer_cosine: torch.Tensor  # (S,) mean cosine of ∂ŷ/∂x_q with GD's, at the end
+    one_layer_prediction_gap: torch.Tensor  # (S,) ½·mean (ŷ_model − ŷ_GD)²
+    one_layer_preconditioner: torch.Tensor  # (S, d, d) symmetric part of A = −P[d, d] Q[:d, :d]
+    recurrent_loss: torch.Tensor  # (S,)
+    recurrent_loss_se: torch.Tensor  # (S,)
+    recurrent_cosine_gd: torch.Tensor  # (S,) alignment with two GD steps, at the end
+    recurrent_cosine_gdpp: torch.Tensor  # (S,) alignment with two GD++ steps, at the end
+    recurrent_step_size: torch.Tensor  # (S,) η read off the tied layer: −P[d, d] tr(Q_xx)/d
+    recurrent_gamma: torch.Tensor  # (S,) γ read off: −tr(P_xx) tr(Q_xx)/(n d²)
+    snapshot_steps: torch.Tensor  # (T,)
+    one_layer_cosine_history: torch.Tensor  # (T, S)
+    one_layer_gap_history: torch.Tensor  # (T, S)
+    recurrent_cosine_gd_history: torch.Tensor  # (T, S)
+    recurrent_cosine_gdpp_history: torch.Tensor  # (T, S)
+    curve_steps: torch.Tensor  # (C,)
+    one_layer_curve: torch.Tensor  # (C, S) training ½·MSE, window means
+    recurrent_curve: torch.Tensor  # (C, S)
+    elapsed_seconds: float
+
+
+def _sample(
+    config: VonOswaldGDConfig, size: int, generator: torch.Generator, dtype: torch.dtype, n_models: int | None = None
+) -> tasks.RegressionBatch:
+    """Prompts on x ~ U(−r, r)^d; with ``n_models``, independent prompts for each model: (E, B, ...)."""
+    covariance = config.variance * torch.eye(config.dim, dtype=torch.float64)
+    if n_models is not None:
+        covariance = covariance.expand(n_models, config.dim, config.dim)
+    return tasks.sample_regression(
+        size, config.n_context, covariance, generator=generator, covariate_law="uniform", dtype=dtype
+    )
+
+
+def minimise_scalar(
+    loss: Callable[[float], float], low: float, high: float, *, grid: int = 41, iterations: int = 40
+) -> float:
+    """The minimiser of ``loss`` on [low, high]: the best point of a grid, refined by golden-section search
+    between its two neighbours (the grid guards against a local minimum elsewhere)."""
+    points = [low + (high - low) * i / (grid - 1) for i in range(grid)]
+    best = min(range(grid), key=lambda i: loss(points[i]))
+    a, b = points[max(best - 1, 0)], points[min(best + 1, grid - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    for _ in range(iterations):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    return (a + b) / 2
+
+
+def best_two_step_size(predict: Callable[[float], torch.Tensor], targets: torch.Tensor) -> tuple[float, float]:
+    """The step η minimising the ½·MSE of a two-step predictor that uses η at both steps, and that loss.
+
+    Two GD (or GD++) steps of one size η from w = 0 predict ŷ(η) = η u + η² v exactly (the second step's
+    residuals are linear in η), so two evaluations give u and v, and the loss is a quartic in η whose
+    real critical points are compared. ``predict(η)``: (B,) predictions; a third evaluation checks the form.
+    """
+    plus, minus, two = (predict(eta).double() for eta in (1.0, -1.0, 2.0))
+    u, v = (plus - minus) / 2, (plus + minus) / 2
+    if not torch.allclose(two, 2 * u + 4 * v, rtol=1e-6, atol=1e-9):
+        raise ValueError("the predictor is not quadratic in its step size")
+    y = targets.double()
+    mean = lambda t: t.mean().item()  # noqa: E731
+    coefficients = [mean(y * y), -2 * mean(u * y), mean(u * u) - 2 * mean(v * y), 2 * mean(u * v), mean(v * v)]
+    polynomial = np.polynomial.Polynomial(coefficients)
+    roots = polynomial.deriv().roots()
+    real = roots[np.abs(roots.imag) <= 1e-9 * max(1.0, np.abs(roots).max())].real
+    best = real[np.argmin(polynomial(real))]
+    return float(best), float(polynomial(best)) / 2
+
+
+def _half_mse(predictions: torch.Tensor, targets: torch.Tensor) -> evaluate.LossEstimate:
+    estimate = evaluate.mse(predictions, targets)
+    return evaluate.LossEstimate(estimate.mean / 2, estimate.standard_error / 2)
+
+
+def _sensitivity(predict: Predictor, batch: tasks.RegressionBatch, n_models: int | None = None) -> torch.Tensor:
+    """∂ŷ/∂x_q per prompt: (B, d), or (E, B, d) for an ensemble of ``n_models`` (each its own gradient).
+    The predictors are linear in x_q given the context, so this is the weight vector each applies."""
+    X, y, x_query = batch.X, batch.y, batch.x_query
+    if n_models is not None:
+        X, y, x_query = (t.expand(n_models, *t.shape) for t in (X, y, x_query))
+    with torch.enable_grad():
+        x_query = x_query.detach().clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(predict(X, y, x_query).sum(), x_query)
+    return gradient
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over prompts of the cosine similarity of per-prompt vectors. (..., B, d) -> (...)."""
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).mean(-1)
+
+
+def _constructions(
+    config: VonOswaldGDConfig, eta: float, gdpp: tuple[float, float], batch: tasks.RegressionBatch
+) -> torch.Tensor:
+    """Max |ŷ| difference between the hand-built transformers and the algorithms, in float64. -> (3,)."""
+    d, n = config.dim, config.n_context
+    eta_pp, gamma = gdpp
+    pairs = [
+        (construct.gd_transformer(d, [eta]), lambda X, y, q: baselines.gd(X, y, q, eta)),
+        (construct.gd_transformer(d, [eta, eta]), lambda X, y, q: baselines.gd(X, y, q, eta, n_steps=2)),
+        (
+            construct.gd_plus_plus_transformer(d, [eta_pp, eta_pp], [gamma, gamma], n_context=n),
+            lambda X, y, q: baselines.gd_plus_plus(X, y, q, [eta_pp, eta_pp], [gamma, gamma]),
+        ),
+    ]
+    errors = []
+    for weights, algorithm in pairs:
+        model = construct.to_transformer(weights)
+        built = model.predict(batch.X, batch.y, batch.x_query)
+        errors.append((built - algorithm(batch.X, batch.y, batch.x_query)).abs().max())
+    return torch.stack(errors)
+
+
+def _train(config: VonOswaldGDConfig, looped: bool, progress: bool) -> tuple[LinearTransformer, Any]:
+    part = 1 if looped else 0
+    streams = rng.streams(config.seed, config.device, part=part)
+    model = LinearTransformer(
+        config.dim,
+        2 if looped else 1,
+        parameterisation="full",
+        looped=looped,
+        n_models=config.n_seeds,
+        init_std=config.init_std,
+        generator=streams.init,
+    )
+
+    def sample(generator: torch.Generator) -> tasks.RegressionBatch:
+        return _sample(config, config.batch_size, generator, torch.float32, n_models=config.n_seeds)
+
+    trained = fit_cached(
+        NAME,
+        config,
+        "recurrent2" if looped else "layer1",
+        model,
+        sample,
+        TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate),
+        generator=streams.train,
+        progress=progress,
+        description="recurrent 2-layer" if looped else "1 layer",
+        snapshot_every=max(1, config.train_steps // SNAPSHOTS),
+    )
+    return model, trained
+
+
+def _model_predictor(model: LinearTransformer) -> Predictor:
+    """The ensemble's predictions (E, B) on prompts shared by all members, (B, ...), or its own, (E, B, ...)."""
+    E = model.n_models
+
+    def predict(X: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        if X.ndim == 3:
+            X, y, q = (t.expand(E, *t.shape) for t in (X, y, q))
+        return model.predict(X, y, q)
+
+    return predict
+
+
+@torch.no_grad()
+def _test(predictors: dict[str, Predictor], config: VonOswaldGDConfig, generator: torch.Generator) -> dict[str, Any]:
+    """½·MSE (and s.e.) of every predictor on the same n_test prompts, and the prediction gap of the first
+    to GD at η* ("gd" must be among them)."""
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in predictors}
+    targets = []
+    for start in range(0, config.n_test, EVAL_CHUNK):
+        batch = _sample(config, min(EVAL_CHUNK, config.n_test - start), generator, torch.float32)
+        for name, predict in predictors.items():
+            outputs[name].append(predict(batch.X, batch.y, batch.x_query))
+        targets.append(batch.y_query)
+    y = torch.cat(targets)
+    predictions = {name: torch.cat(chunks, -1) for name, chunks in outputs.items()}
+    return {name: _half_mse(p, y) for name, p in predictions.items()} | {"predictions": predictions}
+
+
+def run(config: VonOswaldGDConfig, *, progress: bool = True) -> VonOswaldGDResult:
+    """Fit the baselines, train (or load) both ensembles, and compare."""
+    start = time.perf_counter()
+    streams = rng.streams(config.seed, config.device)
+    d, n = config.dim, config.n_context
+    eta = theory.iid_optimal_gd_step_size(d, n, config.variance, config.fourth_moment)
+    gd_loss = theory.iid_gd_step_loss(eta, d, n, config.variance, config.fourth_moment) / 2
+
+    validation = _sample(config, config.n_validation, streams.eval, torch.float64)
+    X, y, q = validation.X, validation.y, validation.x_query
+    eta2 = best_two_step_size(lambda e: baselines.gd(X, y, q, e, n_steps=2), validation.y_query)[0]
+
+    def gdpp_fit(gamma: float) -> tuple[float, float]:
+        return best_two_step_size(lambda e: baselines.gd_plus_plus(X, y, q, [e, e], [gamma, gamma]), validation.y_query)
+
+    # γ shrinks the Gram matrix Σ x_i x_iᵀ ≈ n σ² I; search γ up to 2.5/(n d σ²), past where it over-corrects.
+    gamma = minimise_scalar(lambda g: gdpp_fit(g)[1], 0.0, 2.5 / (n * d * config.variance), grid=21, iterations=30)
+    eta_pp = gdpp_fit(gamma)[0]
+    construction_error = _constructions(config, eta, (eta_pp, gamma), validation)
+
+    one_layer, one_trained = _train(config, looped=False, progress=progress)
+    recurrent, rec_trained = _train(config, looped=True, progress=progress)
+
+    def gd(X, y, q):
+        return baselines.gd(X, y, q, eta)
+
+    def gd2(X, y, q):
+        return baselines.gd(X, y, q, eta2, n_steps=2)
+
+    def gdpp(X, y, q):
+        return baselines.gd_plus_plus(X, y, q, [eta_pp, eta_pp], [gamma, gamma])
+
+    tested = _test(
+        {"one": _model_predictor(one_layer), "rec": _model_predictor(recurrent), "gd": gd, "gd2": gd2, "gdpp": gdpp},
+        config,
+        streams.eval,
+    )
+    gap = ((tested["predictions"]["one"] - tested["predictions"]["gd"]).double() ** 2).mean(-1) / 2
+
+    # Alignment over training, on a small fixed set of prompts.
+    probe = _sample(config, ALIGNMENT_PROMPTS, rng.streams(config.seed, config.device, part=2).eval, torch.float32)
+    references = {name: _sensitivity(f, probe) for name, f in (("gd", gd), ("gd2", gd2), ("gdpp", gdpp))}
+    reference_predictions = gd(probe.X, probe.y, probe.x_query)
+
+    def history(model: LinearTransformer, trained: Any) -> dict[str, torch.Tensor]:
+        final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        rows: dict[str, list[torch.Tensor]] = {"gd": [], "gd2": [], "gdpp": [], "gap": []}
+        for t in range(trained.snapshot_steps.shape[0]):
+            model.load_state_dict({k: v[t] for k, v in trained.snapshots.items()})
+            predict = _model_predictor(model)
+            sensitivity = _sensitivity(predict, probe, n_models=model.n_models)
+            for name in ("gd", "gd2", "gdpp"):
+                rows[name].append(_cosine(sensitivity, references[name]))
+            with torch.no_grad():
+                rows["gap"].append(
+                    ((predict(probe.X, probe.y, probe.x_query) - reference_predictions).double() ** 2).mean(-1) / 2
+                )
+        model.load_state_dict(final)
+        return {k: torch.stack(v) for k, v in rows.items()}
+
+    one_history, rec_history = history(one_layer, one_trained), history(recurrent, rec_trained)
+
+    P, Q = (w[:, 0].detach().double() for w in recurrent.weights())
+    trace = lambda M: torch.diagonal(M, dim1=-2, dim2=-1).sum(-1)  # noqa: E731
+    tr_q = trace(Q[:, :d, :d])
+    steps, curves = downsample_curve(torch.stack([one_trained.losses, rec_trained.losses], -1) / 2)
+    cpu = lambda x: x.detach().double().cpu()  # noqa: E731
+    return VonOswaldGDResult(
+        construction_error=cpu(construction_error),
+        gd_step_size=eta,
+        gd_loss=gd_loss,
+        gd_test_loss=tested["gd"].mean.item(),
+        gd2_step_size=eta2,
+        gd2_test_loss=tested["gd2"].mean.item(),
+        gdpp_step_size=eta_pp,
+        gdpp_gamma=gamma,
+        gdpp_test_loss=tested["gdpp"].mean.item(),
+        zero_loss=d * config.variance / 2,
+        one_layer_loss=cpu(tested["one"].mean),
+        one_layer_loss_se=cpu(tested["one"].standard_error),
+        one_layer_cosine=cpu(one_history["gd"][-1]),
+        one_layer_prediction_gap=cpu(gap),
+        one_layer_preconditioner=cpu(evaluate.symmetric_part(one_layer.preconditioner()[:, 0].detach().double())),
+        recurrent_loss=cpu(tested["rec"].mean),
+        recurrent_loss_se=cpu(tested["rec"].standard_error),
+        recurrent_cosine_gd=cpu(rec_history["gd2"][-1]),
+        recurrent_cosine_gdpp=cpu(rec_history["gdpp"][-1]),
+        recurrent_step_size=cpu(-P[:, d, d] * tr_q / d),
+        recurrent_gamma=cpu(-trace(P[:, :d, :d]) * tr_q / (n * d * d)),
+        snapshot_steps=one_trained.snapshot_steps,
+        one_layer_cosine_history=cpu(one_history["gd"]),
+        one_layer_gap_history=cpu(one_history["gap"]),
+        recurrent_cosine_gd_history=cpu(rec_history["gd2"]),
+        recurrent_cosine_gdpp_history=cpu(rec_history["gdpp"]),
+        curve_steps=steps,
+        one_layer_curve=cpu(curves[..., 0]),
+        recurrent_curve=cpu(curves[..., 1]),
+        elapsed_seconds=time.perf_counter() - start,
+    )
+
+
+def claim_checks(result: VonOswaldGDResult) -> ClaimChecks:
+    """The chapter's claim checks; the chapter states the tolerances and why each can fail."""
+    checks = ClaimChecks()
+    r = result
+    checks.at_most(
+        "hand-built GD ×1, GD ×2, GD++ ×2: max |ŷ − algorithm's ŷ|",
+        r.construction_error.max().item(),
+        1e-10,
+        reason="exact, in float64",
+    )
+    n_seeds = r.one_layer_loss.shape[0]
+    se = (r.one_layer_loss_se**2).mean().sqrt().item() / n_seeds**0.5
+    checks.close(
+        f"1 layer: test ½·MSE, mean over seeds (s.e. {se:.4f})",
+        r.one_layer_loss.mean().item(),
+        r.gd_loss,
+        rtol=0.03,
+        reason="one GD step at the exact η*",
+    )
+    checks.at_least(
+        "1 layer: worst seed's cosine of ∂ŷ/∂x_q with GD's", r.one_layer_cosine.min().item(), 0.99, reason="same map"
+    )
+    checks.at_most(
+        "1 layer: worst seed's ½·mean (ŷ − ŷ_GD)² / GD's ½·MSE",
+        r.one_layer_prediction_gap.max().item() / r.gd_test_loss,
+        0.02,
+        reason="same predictions",
+    )
+    se = (r.recurrent_loss_se**2).mean().sqrt().item() / n_seeds**0.5
+    checks.close(
+        f"recurrent 2 layers: test ½·MSE, mean over seeds (s.e. {se:.4f})",
+        r.recurrent_loss.mean().item(),
+        r.gdpp_test_loss,
+        rtol=0.05,
+        reason="two GD++ steps, same prompts",
+    )
+    checks.at_most(
+        "recurrent 2 layers: worst seed's test ½·MSE",
+        r.recurrent_loss.max().item(),
+        (r.gd2_test_loss + r.gdpp_test_loss) / 2,
+        reason="below halfway from GD++ to two GD steps",
+    )
+    checks.at_least(
+        "recurrent 2 layers: worst seed's cosine with GD++ − cosine with GD",
+        (r.recurrent_cosine_gdpp - r.recurrent_cosine_gd).min().item(),
+        0.0,
+        reason="closer to GD++ than to GD",
+    )
+    return checks
+
+
+def key_arrays(result: VonOswaldGDResult) -> dict[str, Any]:
+    """The arrays a reader most likely wants, for the chapter's JSON (the curves are left out)."""
+    return {k: v for k, v in result._asdict().items() if "history" not in k and "curve" not in k}
