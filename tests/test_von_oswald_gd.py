@@ -1,0 +1,100 @@
+"""The von Oswald experiment at tiny sizes, and its exact step-size fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl import baselines, presets, tasks
+from icl.experiments import common, von_oswald_gd
+
+TINY = dict(dim=3, n_context=6, n_seeds=2, train_steps=30, batch_size=64, n_validation=500, n_test=1000)
+
+
+def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> von_oswald_gd.VonOswaldGDResult:
+    monkeypatch.setenv("ICL_STORE", store)
+    config = presets.get("von_oswald_gd", "quick", device="cpu", **{**TINY, **changes})
+    return von_oswald_gd.run(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[von_oswald_gd.VonOswaldGDResult, str]:
+    store = str(tmp_path_factory.mktemp("store"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return tiny_result(monkeypatch, store), store
+
+
+def test_reproducible_and_cached(stored, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    again = tiny_result(monkeypatch, str(tmp_path))
+    for name, value in stored[0]._asdict().items():
+        if name != "elapsed_seconds":
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(getattr(again, name))), name
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again although the store holds the result")
+
+    monkeypatch.setattr(common, "train", no_training)
+    loaded = tiny_result(monkeypatch, stored[1])
+    assert torch.equal(loaded.recurrent_loss, stored[0].recurrent_loss)
+
+
+def test_shapes_constructions_and_baselines(stored) -> None:
+    r = stored[0]
+    S, d = TINY["n_seeds"], TINY["dim"]
+    assert r.construction_error.shape == (3,) and r.construction_error.max() < 1e-10
+    assert r.one_layer_loss.shape == r.recurrent_cosine_gdpp.shape == r.recurrent_gamma.shape == (S,)
+    assert r.one_layer_preconditioner.shape == (S, d, d)
+    assert r.one_layer_cosine_history.shape == (r.snapshot_steps.shape[0], S)
+    # The fitted baselines are ordered as theory says: GD++ ≤ two GD steps ≤ one GD step < zero.
+    assert r.gdpp_test_loss <= r.gd2_test_loss <= r.gd_test_loss < r.zero_loss
+
+
+def test_undertrained_run_fails(stored) -> None:
+    assert not von_oswald_gd.claim_checks(stored[0]).passed
+
+
+def test_checks_pass_on_ideal_numbers_and_fail_on_gd_for_the_recurrent_model(stored) -> None:
+    r = stored[0]
+    S = TINY["n_seeds"]
+    ideal = r._replace(
+        one_layer_loss=torch.full((S,), r.gd_loss, dtype=torch.float64),
+        one_layer_cosine=torch.ones(S, dtype=torch.float64),
+        one_layer_prediction_gap=torch.zeros(S, dtype=torch.float64),
+        recurrent_loss=torch.full((S,), r.gdpp_test_loss, dtype=torch.float64),
+        recurrent_cosine_gd=torch.full((S,), 0.95, dtype=torch.float64),
+        recurrent_cosine_gdpp=torch.ones(S, dtype=torch.float64),
+    )
+    von_oswald_gd.claim_checks(ideal).verify()
+    # A recurrent model that learned two plain GD steps fails three checks.
+    as_gd = ideal._replace(
+        recurrent_loss=torch.full((S,), r.gd2_test_loss, dtype=torch.float64),
+        recurrent_cosine_gd=torch.ones(S, dtype=torch.float64),
+        recurrent_cosine_gdpp=torch.full((S,), 0.95, dtype=torch.float64),
+    )
+    assert sum(not c.passed for c in von_oswald_gd.claim_checks(as_gd).checks) == 3
+
+
+def test_best_two_step_size_is_exact() -> None:
+    """The quartic's minimiser matches a fine scan of the validation loss."""
+    g = torch.Generator().manual_seed(0)
+    b = tasks.sample_regression(4000, 10, torch.eye(10) / 12, generator=g, covariate_law="uniform", dtype=torch.float64)
+    eta, loss = von_oswald_gd.best_two_step_size(lambda e: baselines.gd(b.X, b.y, b.x_query, e, n_steps=2), b.y_query)
+    grid = torch.linspace(eta - 0.5, eta + 0.5, 1001, dtype=torch.float64)
+    scan = torch.stack(
+        [((baselines.gd(b.X, b.y, b.x_query, e.item(), n_steps=2) - b.y_query) ** 2).mean() / 2 for e in grid]
+    )
+    assert abs(grid[scan.argmin()].item() - eta) <= 1e-3 and loss <= scan.min().item() + 1e-12
+    with pytest.raises(ValueError, match="quadratic"):
+        von_oswald_gd.best_two_step_size(lambda e: baselines.gd(b.X, b.y, b.x_query, e, n_steps=3), b.y_query)
+
+
+def test_minimise_scalar() -> None:
+    assert abs(von_oswald_gd.minimise_scalar(lambda x: (x - 0.3) ** 2 + 0.1 * (x > 0.9), 0.0, 1.0) - 0.3) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("change", "name"), [(dict(input_range=0.0), "input_range"), (dict(n_validation=1), "n_validation")]
+)
+def test_bad_input_names_the_parameter(change: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        presets.get("von_oswald_gd", "quick", device="cpu", **change)
