@@ -43,6 +43,8 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw  # a plain string; the config's validation names what was expected
+    if isinstance(value, tuple):
+        value = list(value)  # papermill injects a tuple as its string; a list survives (configs take either)
     return name, value
 
 

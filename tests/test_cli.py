@@ -188,3 +188,13 @@ def test_list_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     quick = presets.REGISTRY["one_step_pgd"].quick
     expected = ["n_seeds", "quick", str(quick.get("n_seeds", 5)), "paper", "5"]
     assert any(line.split()[:5] == expected for line in lines)
+
+
+def test_a_tuple_parameter_reaches_the_chapter_as_a_list(tmp_path: Path) -> None:
+    """papermill writes a tuple into the notebook as its string; the CLI passes a list, which configs accept."""
+    args = cli.parser().parse_args(
+        ["run", "book/03_multi_step_pgd.md", "--device", "cpu", "-p", "spectrum=(1.0, 0.25)", "--out", str(tmp_path)]
+    )
+    parameters = cli.prepare(args)[2]
+    assert parameters["spectrum"] == [1.0, 0.25]
+    assert presets.get("multi_step_pgd", "quick", device="cpu", spectrum=parameters["spectrum"]).spectrum == (1.0, 0.25)
