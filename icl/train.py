@@ -39,6 +39,7 @@ class TrainConfig:
     final_learning_rate_fraction: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     checkpoint_every: int = 500
+    clip_norm: float | None = None  # per model and parameter: each (E, ...) slice's gradient norm capped here
 
     def __post_init__(self) -> None:
         positive_int("train_steps", self.steps)
@@ -47,6 +48,8 @@ class TrainConfig:
         if fraction > 1:
             raise ValueError(f"final_learning_rate_fraction must be in [0, 1], got {fraction!r}")
         positive_int("checkpoint_every", self.checkpoint_every)
+        if self.clip_norm is not None:
+            finite_float("clip_norm", self.clip_norm, minimum=0.0, strict=True)
 
     def learning_rate_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based)."""
@@ -122,6 +125,8 @@ def train(
         per_model = ((predictions - batch.y_query) ** 2).mean(-1)  # (E,)
         optimiser.zero_grad(set_to_none=True)
         per_model.sum().backward()
+        if config.clip_norm is not None:
+            _clip_per_model_(model, config.clip_norm)
         optimiser.step()
         history.append(per_model.detach())
         if (step + 1) % 100 == 0:
@@ -144,6 +149,19 @@ def train(
     return TrainResult(
         losses=torch.stack(history).cpu() if history else torch.empty(0), **_stacked(snapshot_steps, snapshots)
     )
+
+
+@torch.no_grad()
+def _clip_per_model_(model: torch.nn.Module, max_norm: float) -> None:
+    """Scale each parameter's gradient, separately for every ensemble member (leading axis E), to norm at
+    most ``max_norm``, as Ahn et al.'s code clips each matrix; members stay independent of one another."""
+    for parameter in model.parameters():
+        if parameter.grad is None:
+            continue
+        grad = parameter.grad
+        norms = grad.reshape(grad.shape[0], -1).norm(dim=1)  # (E,)
+        scale = (max_norm / norms.clamp_min(1e-30)).clamp(max=1.0)
+        grad.mul_(scale.reshape(-1, *([1] * (grad.ndim - 1))))
 
 
 def _stacked(steps: list[int], snapshots: list[dict[str, torch.Tensor]]) -> dict[str, Any]:

@@ -190,3 +190,20 @@ def test_snapshots_record_the_parameters_over_training_and_survive_a_resume(tmp_
     assert train(model(), sampler, config, generator=gen(7), progress=False).snapshots == {}
     with pytest.raises(ValueError, match="snapshot_every"):
         train(model(), sampler, config, generator=gen(7), progress=False, snapshot_every=0)
+
+
+def test_clipping_is_per_model_and_per_parameter() -> None:
+    """With clip_norm, every member's gradient of every parameter has norm at most the cap; a member whose
+    gradient is already small is left alone, so the members of an ensemble stay independent."""
+    from icl.train import _clip_per_model_
+
+    param = torch.nn.Parameter(torch.zeros(2, 3, 3))
+    holder = torch.nn.Module()
+    holder.weight = param
+    param.grad = torch.stack([torch.full((3, 3), 10.0), torch.full((3, 3), 1e-3)])
+    small = param.grad[1].clone()
+    _clip_per_model_(holder, 0.5)
+    assert abs(param.grad[0].norm().item() - 0.5) < 1e-6
+    assert torch.equal(param.grad[1], small)
+    with pytest.raises(ValueError, match="clip_norm"):
+        TrainConfig(steps=1, clip_norm=0.0)
