@@ -74,18 +74,18 @@ def test_checks_pass_on_ideal_numbers_and_fail_on_gd_for_the_recurrent_model(sto
     assert sum(not c.passed for c in von_oswald_gd.claim_checks(as_gd).checks) == 3
 
 
-def test_best_two_step_size_is_exact() -> None:
-    """The quartic's minimiser matches a fine scan of the validation loss."""
+@pytest.mark.parametrize("n_steps", [2, 3])
+def test_best_shared_step_size_is_exact(n_steps: int) -> None:
+    """The polynomial's minimiser matches a fine scan of the validation MSE."""
     g = torch.Generator().manual_seed(0)
     b = tasks.sample_regression(4000, 10, torch.eye(10) / 12, generator=g, covariate_law="uniform", dtype=torch.float64)
-    eta, loss = von_oswald_gd.best_two_step_size(lambda e: baselines.gd(b.X, b.y, b.x_query, e, n_steps=2), b.y_query)
+    gd = lambda e, k=n_steps: baselines.gd(b.X, b.y, b.x_query, e, n_steps=k)  # noqa: E731
+    eta, loss = common.best_shared_step_size(gd, b.y_query, n_steps, scale=5.0)
     grid = torch.linspace(eta - 0.5, eta + 0.5, 1001, dtype=torch.float64)
-    scan = torch.stack(
-        [((baselines.gd(b.X, b.y, b.x_query, e.item(), n_steps=2) - b.y_query) ** 2).mean() / 2 for e in grid]
-    )
+    scan = torch.stack([((gd(e.item()) - b.y_query) ** 2).mean() for e in grid])
     assert abs(grid[scan.argmin()].item() - eta) <= 1e-3 and loss <= scan.min().item() + 1e-12
-    with pytest.raises(ValueError, match="quadratic"):
-        von_oswald_gd.best_two_step_size(lambda e: baselines.gd(b.X, b.y, b.x_query, e, n_steps=3), b.y_query)
+    with pytest.raises(ValueError, match="polynomial"):
+        common.best_shared_step_size(lambda e: gd(e, n_steps + 1), b.y_query, n_steps, scale=5.0)
 
 
 def test_minimise_scalar() -> None:

@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 from icl import baselines, construct, evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, positive_int
-from icl.experiments.common import downsample_curve, fit_cached, validate_seed
+from icl.experiments.common import best_shared_step_size, downsample_curve, fit_cached, validate_seed
 from icl.models import LinearTransformer
 from icl.train import TrainConfig
 
@@ -149,27 +148,6 @@ def minimise_scalar(
     return (a + b) / 2
 
 
-def best_two_step_size(predict: Callable[[float], torch.Tensor], targets: torch.Tensor) -> tuple[float, float]:
-    """The step η minimising the ½·MSE of a two-step predictor that uses η at both steps, and that loss.
-
-    Two GD (or GD++) steps of one size η from w = 0 predict ŷ(η) = η u + η² v exactly (the second step's
-    residuals are linear in η), so two evaluations give u and v, and the loss is a quartic in η whose
-    real critical points are compared. ``predict(η)``: (B,) predictions; a third evaluation checks the form.
-    """
-    plus, minus, two = (predict(eta).double() for eta in (1.0, -1.0, 2.0))
-    u, v = (plus - minus) / 2, (plus + minus) / 2
-    if not torch.allclose(two, 2 * u + 4 * v, rtol=1e-6, atol=1e-9):
-        raise ValueError("the predictor is not quadratic in its step size")
-    y = targets.double()
-    mean = lambda t: t.mean().item()  # noqa: E731
-    coefficients = [mean(y * y), -2 * mean(u * y), mean(u * u) - 2 * mean(v * y), 2 * mean(u * v), mean(v * v)]
-    polynomial = np.polynomial.Polynomial(coefficients)
-    roots = polynomial.deriv().roots()
-    real = roots[np.abs(roots.imag) <= 1e-9 * max(1.0, np.abs(roots).max())].real
-    best = real[np.argmin(polynomial(real))]
-    return float(best), float(polynomial(best)) / 2
-
-
 def _half_mse(predictions: torch.Tensor, targets: torch.Tensor) -> evaluate.LossEstimate:
     estimate = evaluate.mse(predictions, targets)
     return evaluate.LossEstimate(estimate.mean / 2, estimate.standard_error / 2)
@@ -283,10 +261,13 @@ def run(config: VonOswaldGDConfig, *, progress: bool = True) -> VonOswaldGDResul
 
     validation = _sample(config, config.n_validation, streams.eval, torch.float64)
     X, y, q = validation.X, validation.y, validation.x_query
-    eta2 = best_two_step_size(lambda e: baselines.gd(X, y, q, e, n_steps=2), validation.y_query)[0]
+    eta2 = best_shared_step_size(lambda e: baselines.gd(X, y, q, e, n_steps=2), validation.y_query, 2)[0]
 
     def gdpp_fit(gamma: float) -> tuple[float, float]:
-        return best_two_step_size(lambda e: baselines.gd_plus_plus(X, y, q, [e, e], [gamma, gamma]), validation.y_query)
+        """(η, ½·MSE) of the best two GD++ steps with this γ."""
+        predict = lambda e: baselines.gd_plus_plus(X, y, q, [e, e], [gamma, gamma])  # noqa: E731
+        eta, mse = best_shared_step_size(predict, validation.y_query, 2)
+        return eta, mse / 2
 
     # γ shrinks the Gram matrix Σ x_i x_iᵀ ≈ n σ² I; search γ up to 2.5/(n d σ²), past where it over-corrects.
     gamma = minimise_scalar(lambda g: gdpp_fit(g)[1], 0.0, 2.5 / (n * d * config.variance), grid=21, iterations=30)
