@@ -23,6 +23,16 @@ TINY = {
     "book/02_one_step_pgd": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_context=6"],
     "book/03_multi_step_pgd": ["-p", "train_steps=5", "-p", "spectrum=(1.0, 0.25)", "-p", "n_context=6"],
     "book/04_trained_transformers_do_gd": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_context=6"],
+    "book/05_full_form_gd_plus_plus": [
+        "-p",
+        "train_steps=5",
+        "-p",
+        "spectrum=(1.0, 0.5)",
+        "-p",
+        "n_context=6",
+        "-p",
+        "n_layers=2",
+    ],
 }
 
 pytestmark = pytest.mark.notebooks

@@ -1,0 +1,350 @@
+"""With the covariate rows trainable too (the (11) form), L layers learn GD++: A_ℓ = a_ℓ Σ⁻¹ and
+B_ℓ = b_ℓ I, far below L steps of preconditioned GD (Ahn et al. 2023, Thm 4, Figs 3–5 and 7).
+
+Per layer P = [[B_ℓ, 0], [0, 1]], Q = −diag(A_ℓ, 0); A_ℓ and B_ℓ trained. Data x ~ N(0, Σ), w ~ N(0, Σ⁻¹),
+noiseless, Σ = U diag(spectrum) Uᵀ with a random rotation per seed. One ensemble (one model per seed) per
+depth L in ``depths``; the run at ``n_layers`` records snapshots. Baselines on the same test prompts: L
+steps of plain GD and of GD preconditioned by Σ⁻¹, each with one shared step size (fitted exactly on
+validation prompts, and exact by theory for Σ⁻¹), and the sparse model's optimum (one step size per
+layer, :func:`icl.theory.optimal_multi_step`).
+
+Shapes in the result: ``D`` depths, ``S`` seeds, ``L`` layers of the main run, ``T`` snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from icl import baselines, evaluate, rng, tasks, theory
+from icl.checks import ClaimChecks
+from icl.config import finite_float, int_tuple, positive_int
+from icl.experiments.common import best_shared_step_size, downsample_curve, fit_cached, validate_seed
+from icl.experiments.multi_step_pgd import AHN_SPECTRUM, whiten
+from icl.models import LinearTransformer
+from icl.train import TrainConfig
+
+NAME = "full_form_gdpp"
+SNAPSHOTS = 200
+EVAL_CHUNK = 20_000
+
+
+@dataclass(frozen=True)
+class FullFormConfig:
+    """The experiment's parameters; every field is validated on construction (d = len(spectrum))."""
+
+    spectrum: tuple[float, ...] = AHN_SPECTRUM
+    n_context: int = 20
+    n_layers: int = 3
+    depths: tuple[int, ...] = (1, 2, 3, 4)
+    n_seeds: int = 5
+    train_steps: int = 30_000
+    batch_size: int = 8192
+    learning_rate: float = 0.05
+    clip_norm: float = 0.01
+    init_std: float = 1e-3
+    n_validation: int = 20_000
+    n_test: int = 100_000
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        if isinstance(self.spectrum, (str, bytes)) or not hasattr(self.spectrum, "__iter__"):
+            raise ValueError(f"spectrum must be a sequence of positive numbers, got {self.spectrum!r}")
+        spectrum = tuple(
+            finite_float(f"spectrum[{i}]", v, minimum=0.0, strict=True) for i, v in enumerate(self.spectrum)
+        )
+        if not spectrum:
+            raise ValueError("spectrum must hold at least one eigenvalue")
+        put("spectrum", spectrum)
+        for name in ("n_context", "n_layers", "n_seeds", "train_steps", "batch_size"):
+            put(name, positive_int(name, getattr(self, name)))
+        put("depths", int_tuple("depths", self.depths))
+        if self.n_layers not in self.depths:
+            raise ValueError(f"depths must include n_layers={self.n_layers}, got {self.depths}")
+        for name in ("learning_rate", "clip_norm", "init_std"):
+            put(name, finite_float(name, getattr(self, name), minimum=0.0, strict=True))
+        put("n_validation", positive_int("n_validation", self.n_validation, minimum=2))
+        put("n_test", positive_int("n_test", self.n_test, minimum=2))
+        put("seed", validate_seed(self.seed))
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+
+    @property
+    def dim(self) -> int:
+        return len(self.spectrum)
+
+
+class FullFormResult(NamedTuple):
+    """Every number the chapter plots or checks; losses are MSE (no ½)."""
+
+    covariance: torch.Tensor  # (S, d, d)
+    whitened: torch.Tensor  # (S, L, d, d) Σ^{½} A_ℓ Σ^{½} (symmetric part), main run
+    B: torch.Tensor  # (S, L, d, d) the covariate blocks, main run
+    whitened_distance: torch.Tensor  # (S, L)
+    B_distance: torch.Tensor  # (S, L) Dist(B_ℓ, I); the last layer's B has no effect
+    a: torch.Tensor  # (S, L) tr(Σ^{½} A_ℓ Σ^{½})/d
+    b: torch.Tensor  # (S, L) tr(B_ℓ)/d
+    projected_loss: torch.Tensor  # (S,) MSE of the model with A_ℓ := a_ℓ Σ⁻¹, B_ℓ := b_ℓ I, same prompts
+    depths: torch.Tensor  # (D,)
+    loss: torch.Tensor  # (D, S) test MSE of the trained models
+    loss_se: torch.Tensor  # (D, S)
+    median_loss: torch.Tensor  # (D, S) median squared error
+    gd_loss: torch.Tensor  # (D, S) L steps of GD, one fitted step size, same prompts
+    gd_step_size: torch.Tensor  # (D, S)
+    pgd_loss: torch.Tensor  # (D, S) L steps preconditioned by a* Σ⁻¹ (a* exact), same prompts
+    pgd_step_size: torch.Tensor  # (D,)
+    pgd_exact_loss: torch.Tensor  # (D,) its exact MSE
+    sparse_loss: torch.Tensor  # (D,) the sparse model's optimum (one exact step size per layer)
+    snapshot_steps: torch.Tensor  # (T,)
+    whitened_distance_history: torch.Tensor  # (T, S, L)
+    B_distance_history: torch.Tensor  # (T, S, L)
+    curve_steps: torch.Tensor  # (C,)
+    curve: torch.Tensor  # (C, S) training MSE of the main run, window means
+    elapsed_seconds: float
+
+
+def covariances(config: FullFormConfig) -> torch.Tensor:
+    """(S, d, d) float64: U diag(spectrum) Uᵀ, one random rotation per seed (shared by every depth)."""
+    generator = rng.streams(config.seed, config.device).task
+    spectrum = torch.tensor(config.spectrum, dtype=torch.float64)
+    return torch.stack(
+        [tasks.covariance_from_spectrum(spectrum, generator=generator) for _ in range(config.n_seeds)]
+    ).to(config.device)
+
+
+def _sample(config: FullFormConfig, covariance: torch.Tensor, size: int, generator: torch.Generator, dtype):
+    return tasks.sample_regression(
+        size, config.n_context, covariance.to(dtype), generator=generator, task_prior="inverse_covariance", dtype=dtype
+    )
+
+
+def _train(config: FullFormConfig, covariance: torch.Tensor, depth: int, progress: bool):
+    streams = rng.streams(config.seed, config.device, part=depth)
+    model = LinearTransformer(
+        config.dim,
+        depth,
+        parameterisation="eleven",
+        n_models=config.n_seeds,
+        init_std=config.init_std,
+        generator=streams.init,
+    )
+    main = depth == config.n_layers
+    trained = fit_cached(
+        NAME,
+        config,
+        f"L{depth}",
+        model,
+        lambda g: _sample(config, covariance, config.batch_size, g, torch.float32),
+        TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate, clip_norm=config.clip_norm),
+        generator=streams.train,
+        progress=progress,
+        description=f"{depth} layers, {config.n_seeds} models",
+        snapshot_every=max(1, config.train_steps // SNAPSHOTS) if main else None,
+    )
+    return model, trained
+
+
+def _read(A: torch.Tensor, B: torch.Tensor, covariance: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Distances and scalars of (..., S, L, d, d) blocks."""
+    whitened = whiten(evaluate.symmetric_part(A.double()), covariance)
+    B = B.double()
+    return {
+        "whitened": whitened,
+        "B": B,
+        "whitened_distance": evaluate.distance_to_identity(whitened),
+        "B_distance": evaluate.distance_to_identity(B),
+        "a": torch.diagonal(whitened, dim1=-2, dim2=-1).mean(-1),
+        "b": torch.diagonal(B, dim1=-2, dim2=-1).mean(-1),
+    }
+
+
+def _projected(model: LinearTransformer, read: dict[str, torch.Tensor], covariance: torch.Tensor) -> LinearTransformer:
+    """A copy of the (11)-form model with every A_ℓ replaced by a_ℓ Σ⁻¹ and every B_ℓ by b_ℓ I."""
+    d = model.dim
+    copy = LinearTransformer(
+        d,
+        model.n_layers,
+        parameterisation="eleven",
+        n_models=model.n_models,
+        init_std=0.0,
+        generator=torch.Generator(device=covariance.device),
+    )
+    inverse = torch.linalg.inv(covariance)[:, None]  # (S, 1, d, d)
+    eye = torch.eye(d, dtype=torch.float64, device=covariance.device)
+    with torch.no_grad():
+        copy.A.copy_(read["a"][..., None, None] * inverse)
+        copy.B.copy_(read["b"][..., None, None] * eye)
+    return copy
+
+
+def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
+    """Train every depth (or load from the store), fit the baselines, evaluate on shared test prompts."""
+    start = time.perf_counter()
+    covariance = covariances(config)
+    inverse = torch.linalg.inv(covariance).unsqueeze(1)  # (S, 1, d, d): broadcasts over prompts
+    d, n, S = config.dim, config.n_context, config.n_seeds
+    validation = _sample(
+        config, covariance, config.n_validation, rng.streams(config.seed, config.device).eval, torch.float64
+    )
+
+    losses, ses, medians, gd_losses, gd_steps, pgd_losses, pgd_steps, pgd_exact, sparse = ([] for _ in range(9))
+    main: dict[str, Any] = {}
+    for depth in config.depths:
+        model, trained = _train(config, covariance, depth, progress)
+        pgd = theory.optimal_looped_step_size(d, n, depth)
+        pgd_step = pgd.step_sizes[0].item()
+        pgd_steps.append(pgd.step_sizes[0])
+        pgd_exact.append(pgd.loss)
+        sparse.append(theory.optimal_multi_step(d, n, depth).loss)
+        # Plain GD: one step size per seed (each seed has its own Σ), fitted exactly on the validation prompts.
+        fitted = [
+            best_shared_step_size(
+                lambda e, s=s, k=depth: baselines.gd(
+                    validation.X[s], validation.y[s], validation.x_query[s], e, n_steps=k
+                ),
+                validation.y_query[s],
+                depth,
+                scale=0.1,
+            )[0]
+            for s in range(S)
+        ]
+        gd_steps.append(torch.tensor(fitted, dtype=torch.float64))
+        predictors = {
+            "model": lambda X, y, q, m=model: m.predict(X, y, q),
+            "gd": lambda X, y, q, k=depth, e=fitted: baselines.preconditioned_gd(
+                X, y, q, torch.tensor(e, dtype=X.dtype)[:, None, None, None] * torch.eye(d, dtype=X.dtype), n_steps=k
+            ),
+            "pgd": lambda X, y, q, k=depth, a=pgd_step: baselines.preconditioned_gd(
+                X, y, q, a * inverse.to(X.dtype), n_steps=k
+            ),
+        }
+        if depth == config.n_layers:
+            read = _read(model.A.detach(), model.B.detach(), covariance)
+            predictors["projected"] = _projected(model, read, covariance).predict
+        errors = _squared_errors(predictors, config, covariance, part=depth)
+        estimate = evaluate.mse(errors["model"].sqrt(), torch.zeros_like(errors["model"]))
+        losses.append(estimate.mean)
+        ses.append(estimate.standard_error)
+        medians.append(errors["model"].median(-1).values)
+        gd_losses.append(errors["gd"].mean(-1))
+        pgd_losses.append(errors["pgd"].mean(-1))
+        if depth == config.n_layers:
+            history = _read(
+                trained.snapshots["A"].to(covariance.device), trained.snapshots["B"].to(covariance.device), covariance
+            )
+            main = {
+                "read": read,
+                "projected": errors["projected"].mean(-1),
+                "trained": trained,
+                "history": history,
+            }
+
+    steps, curve = downsample_curve(main["trained"].losses)
+    cpu = lambda x: torch.as_tensor(x).detach().double().cpu()  # noqa: E731
+    stack = lambda xs: cpu(torch.stack([torch.as_tensor(x) for x in xs]))  # noqa: E731
+    read, history = main["read"], main["history"]
+    return FullFormResult(
+        covariance=cpu(covariance),
+        whitened=cpu(read["whitened"]),
+        B=cpu(read["B"]),
+        whitened_distance=cpu(read["whitened_distance"]),
+        B_distance=cpu(read["B_distance"]),
+        a=cpu(read["a"]),
+        b=cpu(read["b"]),
+        projected_loss=cpu(main["projected"]),
+        depths=torch.tensor(config.depths),
+        loss=stack(losses),
+        loss_se=stack(ses),
+        median_loss=stack(medians),
+        gd_loss=stack(gd_losses),
+        gd_step_size=stack(gd_steps),
+        pgd_loss=stack(pgd_losses),
+        pgd_step_size=stack(pgd_steps),
+        pgd_exact_loss=stack(pgd_exact),
+        sparse_loss=stack(sparse),
+        snapshot_steps=main["trained"].snapshot_steps,
+        whitened_distance_history=cpu(history["whitened_distance"]),
+        B_distance_history=cpu(history["B_distance"]),
+        curve_steps=steps,
+        curve=cpu(curve),
+        elapsed_seconds=time.perf_counter() - start,
+    )
+
+
+@torch.no_grad()
+def _squared_errors(predictors: dict[str, Any], config: FullFormConfig, covariance: torch.Tensor, part: int):
+    """Squared errors (S, n_test) of every predictor on the same test prompts (a test set per depth)."""
+    generator = rng.streams(config.seed + 1, config.device, part=part).eval
+    errors: dict[str, list[torch.Tensor]] = {name: [] for name in predictors}
+    for start in range(0, config.n_test, EVAL_CHUNK):
+        batch = _sample(config, covariance, min(EVAL_CHUNK, config.n_test - start), generator, torch.float32)
+        for name, predict in predictors.items():
+            errors[name].append((predict(batch.X, batch.y, batch.x_query).double() - batch.y_query.double()) ** 2)
+    return {name: torch.cat(chunks, -1) for name, chunks in errors.items()}
+
+
+def claim_checks(result: FullFormResult) -> ClaimChecks:
+    """The chapter's claim checks; the chapter states the tolerances and why each can fail."""
+    r = result
+    checks = ClaimChecks()
+    L = r.whitened.shape[1]
+    checks.at_most(
+        "max over seeds and layers of Dist(Σ^½ A_ℓ Σ^½, I)",
+        r.whitened_distance.max().item(),
+        0.05,
+        reason="every A_ℓ a multiple of Σ⁻¹",
+    )
+    if L > 1:
+        checks.at_most(
+            "max over seeds of Dist(B_ℓ, I), ℓ < L",
+            r.B_distance[:, : L - 1].max().item(),
+            0.05,
+            reason="every B_ℓ that acts a multiple of I",
+        )
+    main = int((r.depths == L).nonzero()[0, 0])
+    checks.at_most(
+        f"{L} layers: worst seed's ln test MSE",
+        r.loss[main].log().max().item(),
+        -6.5,
+        reason="the paper's code ends at −7.12",
+    )
+    checks.close(
+        "projected model (a_ℓ Σ⁻¹, b_ℓ I) / trained model, test MSE (worst seed)",
+        (r.projected_loss / r.loss[main]).max().item(),
+        1.0,
+        rtol=0.1,
+        reason="the trained model is in the theorem's set",
+    )
+    one = r.depths == 1
+    if one.any():
+        k = int(one.nonzero()[0, 0])
+        checks.close(
+            "1 layer: test MSE / exact one-step optimum",
+            r.loss[k].mean().item() / r.sparse_loss[k].item(),
+            1.0,
+            rtol=0.03,
+            reason="B₀ has no effect with one layer",
+        )
+    deeper = r.depths >= 2
+    if deeper.any():
+        checks.at_most(
+            "L ≥ 2: worst (depth, seed) test MSE / sparse optimum",
+            (r.loss[deeper] / r.sparse_loss[deeper, None]).max().item(),
+            0.5,
+            reason="GD++ beats every preconditioned GD",
+        )
+    return checks
+
+
+def key_arrays(result: FullFormResult) -> dict[str, Any]:
+    """The arrays a reader most likely wants, for the chapter's JSON (the curves are left out)."""
+    return {
+        k: v for k, v in result._asdict().items() if "history" not in k and "curve" not in k and k != "snapshot_steps"
+    }
