@@ -75,16 +75,19 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
         B_distance=torch.zeros(S, L, dtype=torch.float64),
         loss=loss,
         projected_loss=torch.full((S,), small.item(), dtype=torch.float64),
+        condition_number=torch.tensor([[5.0] * S] + [[1.5] * S] * (L - 1), dtype=torch.float64),
     )
     full_form_gdpp.claim_checks(ideal).verify()
-    # A model that learned only preconditioned GD (B = 0) has the sparse loss: three checks fail.
+    # A model that learned only preconditioned GD (B = 0) has the sparse loss and leaves the data's
+    # conditioning alone: four checks fail.
     sparse = ideal._replace(
+        condition_number=torch.full((L, S), 5.0, dtype=torch.float64),
         loss=r.sparse_loss[:, None].expand(-1, S).clone(),
         projected_loss=r.sparse_loss[-1].expand(S).clone(),
         B_distance=torch.ones(S, L, dtype=torch.float64),
     )
     failed = [c.name for c in full_form_gdpp.claim_checks(sparse).checks if not c.passed]
-    assert len(failed) == 3, failed
+    assert len(failed) == 4, failed
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, positive_int
 from icl.experiments.common import best_shared_step_size, downsample_curve, fit_cached, validate_seed
 from icl.experiments.multi_step_pgd import AHN_SPECTRUM, whiten
-from icl.models import LinearTransformer
+from icl.models import LinearTransformer, lsa_layer
+from icl.tokens import to_tokens
 from icl.train import TrainConfig
 
 NAME = "full_form_gdpp"
@@ -92,6 +93,7 @@ class FullFormResult(NamedTuple):
     a: torch.Tensor  # (S, L) tr(Σ^{½} A_ℓ Σ^{½})/d
     b: torch.Tensor  # (S, L) tr(B_ℓ)/d
     projected_loss: torch.Tensor  # (S,) MSE of the model with A_ℓ := a_ℓ Σ⁻¹, B_ℓ := b_ℓ I, same prompts
+    condition_number: torch.Tensor  # (L, S) median over prompts of κ of the whitened Ŝ entering layer ℓ
     depths: torch.Tensor  # (D,)
     loss: torch.Tensor  # (D, S) test MSE of the trained models
     loss_se: torch.Tensor  # (D, S)
@@ -184,6 +186,30 @@ def _projected(model: LinearTransformer, read: dict[str, torch.Tensor], covarian
     return copy
 
 
+CONDITION_PROMPTS = 2000
+
+
+@torch.no_grad()
+def condition_numbers(model: LinearTransformer, covariance: torch.Tensor, config: FullFormConfig) -> torch.Tensor:
+    """Median over prompts of the condition number of the whitened sample covariance Σ^{-½} Ŝ_ℓ Σ^{-½} of the
+    context covariates as they enter layer ℓ (they move when B_ℓ ≠ 0). -> (L, S)."""
+    generator = rng.streams(config.seed + 2, config.device).eval
+    batch = _sample(config, covariance, CONDITION_PROMPTS, generator, torch.float64)
+    eigenvalues, vectors = torch.linalg.eigh(covariance)
+    inverse_half = ((vectors * eigenvalues.rsqrt().unsqueeze(-2)) @ vectors.mT)[:, None]  # (S, 1, d, d)
+    Z = to_tokens(batch.X, batch.y, batch.x_query)  # (S, B, d+1, n+1)
+    P, Q = (w.detach().double() for w in model.weights())
+    d, n = config.dim, config.n_context
+    medians = []
+    for layer in range(model.n_layers):
+        X = Z[..., :d, :n]  # (S, B, d, n): context covariates
+        whitened = inverse_half @ (X @ X.mT / n) @ inverse_half
+        spectrum = torch.linalg.eigvalsh(whitened)
+        medians.append((spectrum[..., -1] / spectrum[..., 0]).median(-1).values)
+        Z = lsa_layer(Z, P[:, layer], Q[:, layer])
+    return torch.stack(medians)
+
+
 def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
     """Train every depth (or load from the store), fit the baselines, evaluate on shared test prompts."""
     start = time.perf_counter()
@@ -227,6 +253,7 @@ def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
         }
         if depth == config.n_layers:
             read = _read(model.A.detach(), model.B.detach(), covariance)
+            conditioning = condition_numbers(model, covariance, config)
             predictors["projected"] = _projected(model, read, covariance).predict
         errors = _squared_errors(predictors, config, covariance, part=depth)
         estimate = evaluate.mse(errors["model"].sqrt(), torch.zeros_like(errors["model"]))
@@ -241,6 +268,7 @@ def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
             )
             main = {
                 "read": read,
+                "conditioning": conditioning,
                 "projected": errors["projected"].mean(-1),
                 "trained": trained,
                 "history": history,
@@ -259,6 +287,7 @@ def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
         a=cpu(read["a"]),
         b=cpu(read["b"]),
         projected_loss=cpu(main["projected"]),
+        condition_number=cpu(main["conditioning"]),
         depths=torch.tensor(config.depths),
         loss=stack(losses),
         loss_se=stack(ses),
@@ -307,6 +336,12 @@ def claim_checks(result: FullFormResult) -> ClaimChecks:
             r.B_distance[:, : L - 1].max().item(),
             0.05,
             reason="every B_ℓ that acts a multiple of I",
+        )
+        checks.at_most(
+            "worst seed's median condition number into layer L / into layer 1",
+            (r.condition_number[-1] / r.condition_number[0]).max().item(),
+            0.5,
+            reason="the covariate updates condition the data",
         )
     main = int((r.depths == L).nonzero()[0, 0])
     checks.at_most(
