@@ -45,23 +45,27 @@ def style() -> Iterator[None]:
 
 
 def heatmaps(
-    matrices: Sequence[torch.Tensor | np.ndarray],
+    matrices: Sequence[torch.Tensor | np.ndarray | None],
     titles: Sequence[str],
     *,
     rows: int = 1,
     shared_scale: bool = True,
 ) -> plt.Figure:
-    """Matrices side by side (row-major in ``rows`` rows), annotated, on one colour scale per row."""
+    """Matrices side by side (row-major in ``rows`` rows), annotated, on one colour scale per row.
+
+    A ``None`` entry leaves its panel empty but keeps its title (to align rows)."""
     columns = -(-len(matrices) // rows)
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.4 * rows), squeeze=False)
-    arrays = [np.asarray(torch.as_tensor(m).detach().cpu(), dtype=float) for m in matrices]
+    arrays = [None if m is None else np.asarray(torch.as_tensor(m).detach().cpu(), dtype=float) for m in matrices]
     for r in range(rows):
-        group = arrays[r * columns : (r + 1) * columns]
-        bound = max(np.abs(a).max() for a in group) if shared_scale else None
+        group = [a for a in arrays[r * columns : (r + 1) * columns] if a is not None]
+        bound = max(np.abs(a).max() for a in group) if shared_scale and group else None
         for c, ax in enumerate(axes[r]):
             index = r * columns + c
-            if index >= len(arrays):
+            if index >= len(arrays) or arrays[index] is None:
                 ax.axis("off")
+                if index < len(arrays):
+                    ax.set_title(titles[index])
                 continue
             limit = bound if bound is not None else np.abs(arrays[index]).max()
             sns.heatmap(
