@@ -365,7 +365,7 @@ def claim_checks(result: FullFormResult) -> ClaimChecks:
             r.loss[k].mean().item() / r.sparse_loss[k].item(),
             1.0,
             rtol=0.03,
-            reason="B₀ has no effect with one layer",
+            reason="B₁ has no effect with one layer",
         )
     deeper = r.depths >= 2
     if deeper.any():
