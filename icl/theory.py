@@ -253,3 +253,33 @@ def iid_optimal_gd_step_size(dim: int, n_context: int, variance: float, fourth_m
     6.06
     """
     return dim * variance / _iid_second_trace(dim, n_context, variance, fourth_moment)
+
+
+class Probability(NamedTuple):
+    """A Monte Carlo probability and its standard error √(p(1 − p)/N)."""
+
+    value: float
+    standard_error: float
+
+
+def looped_divergence_probability(
+    dim: int, n_context: int, step_size: float, *, n_samples: int, generator: torch.Generator
+) -> Probability:
+    """P(a · λ_max(Ŝ) > 2) for the whitened sample covariance Ŝ of n points in d dimensions, by Monte Carlo.
+
+    L loops of GD with the shared preconditioner a Σ⁻¹ multiply the whitened error by (I − a Ŝ)^L, so
+    looping on at test time diverges on exactly the prompts whose largest |1 − a λ| exceeds 1, i.e.
+    a λ_max(Ŝ) > 2 (Gatmiry et al. 2024's test-time looping). λ_max has no simple law, hence sampling:
+    ``n_samples`` Wishart draws on ``generator``, in float64.
+    """
+    d, n = positive_int("dim", dim), positive_int("n_context", n_context)
+    step_size = finite_float("step_size", step_size, minimum=0.0)
+    n_samples = positive_int("n_samples", n_samples)
+    count, chunk = 0, 20_000
+    for start in range(0, n_samples, chunk):
+        size = min(chunk, n_samples - start)
+        X = torch.randn(size, d, n, generator=generator, dtype=torch.float64, device=generator.device)
+        largest = torch.linalg.eigvalsh(X @ X.mT / n)[:, -1]
+        count += int((step_size * largest > 2).sum())
+    p = count / n_samples
+    return Probability(p, math.sqrt(p * (1 - p) / n_samples))

@@ -289,3 +289,22 @@ def test_iid_gd_step_equals_monte_carlo_on_uniform_covariates() -> None:
     assert abs(estimate.mean.item() - loss) <= band, estimate
     # Power: the Gaussian formula with the same variance (μ₄ = 3σ⁴ instead of 9σ⁴/5) is outside the band.
     assert abs(estimate.mean.item() - theory.iid_gd_step_loss(step, d, n, variance, 3 * variance**2)) > band
+
+
+def test_looped_divergence_probability_is_the_fraction_of_prompts_that_diverge() -> None:
+    """d = 10, n = 20, a* (L = 2) = 0.628: a few per cent of prompts (the paper note: 3.4 %); looping 60 times
+    on those prompts blows the error up, and on the others shrinks it."""
+    d, n = 10, 20
+    a = theory.optimal_looped_step_size(d, n, 2).step_sizes[0].item()
+    estimate = theory.looped_divergence_probability(d, n, a, n_samples=40_000, generator=gen(40))
+    assert 0.025 < estimate.value < 0.045 and estimate.standard_error < 0.002
+    X = torch.randn(5000, d, n, generator=gen(41), dtype=F64)
+    eigenvalues = torch.linalg.eigvalsh(X @ X.mT / n)
+    predicted = a * eigenvalues[:, -1] > 2
+    growth = ((1 - a * eigenvalues) ** 120).sum(-1)  # ‖(I − aŜ)^60 w‖² / ‖w‖² summed over eigen-directions, E w_i² = 1
+    assert (growth[~predicted] <= d).all()  # every factor |1 − aλ| ≤ 1: the error cannot grow
+    assert growth[predicted].median() > 100 * d  # typically blown up after 60 loops
+    assert abs(predicted.double().mean().item() - estimate.value) < 4 * (estimate.standard_error + 0.0026)
+    assert theory.looped_divergence_probability(d, n, 0.1, n_samples=1000, generator=gen(42)).value == 0.0
+    with pytest.raises(ValueError, match="n_samples"):
+        theory.looped_divergence_probability(d, n, a, n_samples=0, generator=gen(43))
