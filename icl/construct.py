@@ -184,6 +184,8 @@ def load_weights_(model: LinearTransformer, weights: LayerWeights | TransformerW
             f"weights hold {P.shape[0]} layers; the model (n_layers={model.n_layers}, "
             f"looped={model.looped}) takes {n_weights}"
         )
+    if model.parameterisation == "sparse_u":
+        raise ValueError("load_weights_ takes parameterisations 'full', 'sparse' and 'eleven', not 'sparse_u'")
     if model.parameterisation == "full":
         model.P.copy_(P.expand_as(model.P))
         model.Q.copy_(Q.expand_as(model.Q))

@@ -14,6 +14,9 @@ Parameterisations (which entries of P_ℓ, Q_ℓ are trained):
 - ``"full"``: every entry of P_ℓ and Q_ℓ (Ahn et al. 2023, Thm 1).
 - ``"sparse"``: P_ℓ = diag(0_d, 1), Q_ℓ = −diag(A_ℓ, 0); A_ℓ trained (eq. 8, Thm 3).
 - ``"eleven"``: P_ℓ = [[B_ℓ, 0], [0, 1]], Q_ℓ = −diag(A_ℓ, 0); A_ℓ, B_ℓ trained (eq. 11, Thm 4).
+- ``"sparse_u"``: P_ℓ = [[0, 0], [u_Pᵀ, 1]], Q_ℓ = −[[A_ℓ, 0], [u_Qᵀ, 0]]; A_ℓ, u_P, u_Q trained: the
+  sparse form plus Gatmiry et al.'s (2024) vector u in both places it may sit (papers/gatmiry2024_looped.md
+  §1). u_P adds uᵀx_i to the values the label row reads; u_Q lets the label y_i into the key-query product.
 
 ``looped=True`` ties one layer's weights across all ``n_layers`` applications.
 """
@@ -28,8 +31,8 @@ from torch import nn
 from icl.config import finite_float, one_of, positive_int
 from icl.tokens import read_out, to_tokens
 
-Parameterisation = Literal["full", "sparse", "eleven"]
-PARAMETERISATIONS: tuple[str, ...] = ("full", "sparse", "eleven")
+Parameterisation = Literal["full", "sparse", "eleven", "sparse_u"]
+PARAMETERISATIONS: tuple[str, ...] = ("full", "sparse", "eleven", "sparse_u")
 
 
 def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -134,7 +137,8 @@ class LinearTransformer(nn.Module):
 
     - ``"full"``: ``P``, ``Q``: (E, L', d+1, d+1);
     - ``"sparse"``: ``A``: (E, L', d, d);
-    - ``"eleven"``: ``A``, ``B``: (E, L', d, d).
+    - ``"eleven"``: ``A``, ``B``: (E, L', d, d);
+    - ``"sparse_u"``: ``A``: (E, L', d, d), ``u_P``, ``u_Q``: (E, L', d).
 
     Entries start i.i.d. N(0, init_std²) from ``generator`` (required: no global seed).
     """
@@ -171,6 +175,10 @@ class LinearTransformer(nn.Module):
             self.A = init(dim)
             if self.parameterisation == "eleven":
                 self.B = init(dim)
+            if self.parameterisation == "sparse_u":
+                shape = (self.n_models, n_weights, dim)
+                self.u_P = nn.Parameter(init_std * torch.randn(shape, generator=generator, device=device, dtype=dtype))
+                self.u_Q = nn.Parameter(init_std * torch.randn(shape, generator=generator, device=device, dtype=dtype))
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The canonical (P, Q) of every layer, each (E, L', d+1, d+1), built from the trained blocks."""
@@ -184,6 +192,9 @@ class LinearTransformer(nn.Module):
         P[..., d, d] = 1.0  # the label row reads the attention output: y ← y − (1/n) Σ y_i x_iᵀ A x
         if self.parameterisation == "eleven":
             P[..., :d, :d] = self.B  # the x rows move too: X ← X − (1/n) B X M Xᵀ A X
+        if self.parameterisation == "sparse_u":
+            P[..., d, :d] = self.u_P  # values read by the label row: y_i + u_Pᵀ x_i
+            Q[..., d, :d] = -self.u_Q  # key-query product: −(x_iᵀ A x_j + y_i u_Qᵀ x_j)
         return P, Q
 
     def preconditioner(self) -> torch.Tensor:

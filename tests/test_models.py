@@ -471,7 +471,7 @@ def test_bad_arguments_name_the_parameter(kwargs: dict, name: str) -> None:
 
 
 def test_parameterisation_error_lists_the_choices() -> None:
-    message = r"unknown parameterisation 'dense'; choose one of \['eleven', 'full', 'sparse'\]"
+    message = r"unknown parameterisation 'dense'; choose one of \['eleven', 'full', 'sparse', 'sparse_u'\]"
     with pytest.raises(ValueError, match=message):
         LinearTransformer(3, parameterisation="dense", generator=gen())
 
@@ -531,3 +531,55 @@ def test_a_prompt_without_context_is_rejected() -> None:
     model = LinearTransformer(2, generator=gen(), dtype=F64)
     with pytest.raises(ValueError, match="context"):
         model(torch.zeros(1, 4, 3, 1, dtype=F64))
+
+
+# --- sparse_u: Gatmiry et al.'s vector u, in P's label row and in Q's label row -----------------------------------
+
+
+def test_sparse_u_weights_and_the_zero_vector() -> None:
+    d = 3
+    model = LinearTransformer(
+        d, 2, parameterisation="sparse_u", looped=True, n_models=2, init_std=0.3, generator=gen(1)
+    )
+    assert model.A.shape == (2, 1, d, d) and model.u_P.shape == model.u_Q.shape == (2, 1, d)
+    P, Q = model.weights()
+    torch.testing.assert_close(P[..., d, :d], model.u_P)
+    torch.testing.assert_close(Q[..., d, :d], -model.u_Q)
+    torch.testing.assert_close(Q[..., :d, :d], -model.A)
+    assert (P[..., :d, :] == 0).all() and (Q[..., :, d] == 0).all() and (P[..., d, d] == 1).all()
+    # With u = 0 the model is the sparse one with the same A.
+    sparse = LinearTransformer(d, 2, parameterisation="sparse", looped=True, n_models=2, generator=gen(2))
+    with torch.no_grad():
+        sparse.A.copy_(model.A)
+        model.u_P.zero_()
+        model.u_Q.zero_()
+    b = tasks.sample_regression(50, 7, torch.eye(d).expand(2, d, d), generator=gen(3), dtype=torch.float64)
+    model, sparse = model.double(), sparse.double()
+    torch.testing.assert_close(model.predict(b.X, b.y, b.x_query), sparse.predict(b.X, b.y, b.x_query))
+
+
+def test_sparse_u_in_the_values_shifts_the_labels_for_one_layer() -> None:
+    """One layer with u_P (u_Q = 0) reads the values y_i + u_Pᵀx_i: the sparse layer on shifted labels."""
+    d = 4
+    model = LinearTransformer(d, 1, parameterisation="sparse_u", init_std=0.4, generator=gen(4), dtype=torch.float64)
+    with torch.no_grad():
+        model.u_Q.zero_()
+    b = tasks.sample_regression(40, 9, torch.eye(d), generator=gen(5), dtype=torch.float64)
+    shifted = b.y + b.X @ model.u_P[0, 0]
+    expected = baselines.preconditioned_gd(b.X, shifted, b.x_query, model.A[0, 0].mT.detach())
+    torch.testing.assert_close(model.predict(b.X, b.y, b.x_query), expected.detach())
+
+
+def test_sparse_u_trains_u() -> None:
+    model = LinearTransformer(3, 2, parameterisation="sparse_u", looped=True, init_std=0.1, generator=gen(6))
+    b = tasks.sample_regression(64, 8, torch.eye(3), generator=gen(7))
+    ((model.predict(b.X, b.y, b.x_query) - b.y_query) ** 2).mean().backward()
+    assert model.u_P.grad.abs().sum() > 0 and model.u_Q.grad.abs().sum() > 0
+
+
+def test_load_weights_refuses_sparse_u() -> None:
+    from icl import construct
+
+    model = LinearTransformer(3, 1, parameterisation="sparse_u", generator=gen(8), dtype=torch.float64)
+    with pytest.raises(ValueError, match="sparse_u"):
+        construct.load_weights_(model, construct.gd_layer(3, 0.5))
