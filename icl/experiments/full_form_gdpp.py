@@ -245,7 +245,12 @@ def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
         predictors = {
             "model": lambda X, y, q, m=model: m.predict(X, y, q),
             "gd": lambda X, y, q, k=depth, e=fitted: baselines.preconditioned_gd(
-                X, y, q, torch.tensor(e, dtype=X.dtype)[:, None, None, None] * torch.eye(d, dtype=X.dtype), n_steps=k
+                X,
+                y,
+                q,
+                torch.tensor(e, dtype=X.dtype, device=X.device)[:, None, None, None]
+                * torch.eye(d, dtype=X.dtype, device=X.device),
+                n_steps=k,
             ),
             "pgd": lambda X, y, q, k=depth, a=pgd_step: baselines.preconditioned_gd(
                 X, y, q, a * inverse.to(X.dtype), n_steps=k

@@ -186,7 +186,7 @@ def _constructions(
     ]
     errors = []
     for weights, algorithm in pairs:
-        model = construct.to_transformer(weights)
+        model = construct.to_transformer(type(weights)(*(w.to(batch.X.device) for w in weights)))  # built on the CPU
         built = model.predict(batch.X, batch.y, batch.x_query)
         errors.append((built - algorithm(batch.X, batch.y, batch.x_query)).abs().max())
     return torch.stack(errors)
