@@ -45,6 +45,13 @@ def int_tuple(name: str, value: object, *, minimum: int = 1) -> tuple[int, ...]:
     return tuple(positive_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
 
 
+def positive_float_tuple(name: str, value: object) -> tuple[float, ...]:
+    """Return a non-empty sequence of finite numbers > 0 as a tuple of floats (a covariance spectrum)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(f"{name} must be a non-empty list of positive numbers, got {value!r}")
+    return tuple(positive_float(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
 def one_of(name: str, value: object, allowed: Sequence[str]) -> str:
     """Return ``value`` if it is one of the ``allowed`` strings."""
     if value not in allowed:

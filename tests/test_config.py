@@ -71,3 +71,12 @@ def test_one_of_lists_the_choices() -> None:
     assert one_of("initialisation", "random", ("balanced", "random")) == "random"
     with pytest.raises(ValueError, match=r"unknown initialisation 'zeros'; choose one of \['balanced', 'random'\]"):
         one_of("initialisation", "zeros", ("random", "balanced"))
+
+
+def test_positive_float_tuple() -> None:
+    from icl.config import positive_float_tuple
+
+    assert positive_float_tuple("spectrum", [1, 0.5]) == (1.0, 0.5)
+    for bad in ((), "1, 2", (1.0, 0.0), (1.0, float("nan")), 3.0):
+        with pytest.raises(ValueError, match="spectrum"):
+            positive_float_tuple("spectrum", bad)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from icl import store
+from icl import rng, store, tasks
 from icl.config import positive_int
 from icl.train import PromptSampler, TrainConfig, TrainResult, train
 
@@ -19,6 +19,22 @@ def validate_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     return seed
+
+
+def validate_device(device: object) -> str:
+    """A config's device is a string (resolved from "auto" by :func:`icl.presets.get`)."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    return device
+
+
+def rotated_covariances(spectrum: tuple[float, ...], n_seeds: int, *, seed: int, device: str) -> torch.Tensor:
+    """(S, d, d) float64: U diag(spectrum) Uᵀ with a random rotation U per seed, from the seed's task stream."""
+    generator = rng.streams(seed, device).task
+    eigenvalues = torch.tensor(spectrum, dtype=torch.float64)
+    return torch.stack([tasks.covariance_from_spectrum(eigenvalues, generator=generator) for _ in range(n_seeds)]).to(
+        device
+    )
 
 
 def fit_cached(

@@ -21,8 +21,15 @@ import torch
 
 from icl import baselines, evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
-from icl.config import finite_float, int_tuple, positive_int
-from icl.experiments.common import best_shared_step_size, downsample_curve, fit_cached, validate_seed
+from icl.config import finite_float, int_tuple, positive_float_tuple, positive_int
+from icl.experiments.common import (
+    best_shared_step_size,
+    downsample_curve,
+    fit_cached,
+    rotated_covariances,
+    validate_device,
+    validate_seed,
+)
 from icl.experiments.multi_step_pgd import AHN_SPECTRUM, whiten
 from icl.models import LinearTransformer, lsa_layer
 from icl.tokens import to_tokens
@@ -56,14 +63,7 @@ class FullFormConfig:
         def put(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
 
-        if isinstance(self.spectrum, (str, bytes)) or not hasattr(self.spectrum, "__iter__"):
-            raise ValueError(f"spectrum must be a sequence of positive numbers, got {self.spectrum!r}")
-        spectrum = tuple(
-            finite_float(f"spectrum[{i}]", v, minimum=0.0, strict=True) for i, v in enumerate(self.spectrum)
-        )
-        if not spectrum:
-            raise ValueError("spectrum must hold at least one eigenvalue")
-        put("spectrum", spectrum)
+        put("spectrum", positive_float_tuple("spectrum", self.spectrum))
         for name in ("n_context", "n_layers", "n_seeds", "train_steps", "batch_size"):
             put(name, positive_int(name, getattr(self, name)))
         put("depths", int_tuple("depths", self.depths))
@@ -74,8 +74,7 @@ class FullFormConfig:
         put("n_validation", positive_int("n_validation", self.n_validation, minimum=2))
         put("n_test", positive_int("n_test", self.n_test, minimum=2))
         put("seed", validate_seed(self.seed))
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+        validate_device(self.device)
 
     @property
     def dim(self) -> int:
@@ -114,11 +113,7 @@ class FullFormResult(NamedTuple):
 
 def covariances(config: FullFormConfig) -> torch.Tensor:
     """(S, d, d) float64: U diag(spectrum) Uᵀ, one random rotation per seed (shared by every depth)."""
-    generator = rng.streams(config.seed, config.device).task
-    spectrum = torch.tensor(config.spectrum, dtype=torch.float64)
-    return torch.stack(
-        [tasks.covariance_from_spectrum(spectrum, generator=generator) for _ in range(config.n_seeds)]
-    ).to(config.device)
+    return rotated_covariances(config.spectrum, config.n_seeds, seed=config.seed, device=config.device)
 
 
 def _sample(config: FullFormConfig, covariance: torch.Tensor, size: int, generator: torch.Generator, dtype):

@@ -20,8 +20,8 @@ import torch
 
 from icl import baselines, evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
-from icl.config import finite_float, positive_int
-from icl.experiments.common import downsample_curve, fit_cached, validate_seed
+from icl.config import finite_float, positive_float_tuple, positive_int
+from icl.experiments.common import downsample_curve, fit_cached, rotated_covariances, validate_device, validate_seed
 from icl.models import LinearTransformer
 from icl.train import TrainConfig
 
@@ -52,22 +52,14 @@ class MultiStepPGDConfig:
         def put(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
 
-        if isinstance(self.spectrum, (str, bytes)) or not hasattr(self.spectrum, "__iter__"):
-            raise ValueError(f"spectrum must be a sequence of positive numbers, got {self.spectrum!r}")
-        spectrum = tuple(
-            finite_float(f"spectrum[{i}]", v, minimum=0.0, strict=True) for i, v in enumerate(self.spectrum)
-        )
-        if not spectrum:
-            raise ValueError("spectrum must hold at least one eigenvalue")
-        put("spectrum", spectrum)
+        put("spectrum", positive_float_tuple("spectrum", self.spectrum))
         for name in ("n_context", "n_layers", "n_seeds", "train_steps", "batch_size"):
             put(name, positive_int(name, getattr(self, name)))
         put("learning_rate", finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True))
         put("init_std", finite_float("init_std", self.init_std, minimum=0.0, strict=True))
         put("n_test", positive_int("n_test", self.n_test, minimum=2))
         put("seed", validate_seed(self.seed))
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+        validate_device(self.device)
 
     @property
     def dim(self) -> int:
@@ -102,11 +94,7 @@ class MultiStepPGDResult(NamedTuple):
 
 def covariances(config: MultiStepPGDConfig) -> torch.Tensor:
     """The (S, d, d) float64 covariances U diag(spectrum) Uᵀ, one random rotation per seed."""
-    generator = rng.streams(config.seed, config.device).task
-    spectrum = torch.tensor(config.spectrum, dtype=torch.float64)
-    return torch.stack(
-        [tasks.covariance_from_spectrum(spectrum, generator=generator) for _ in range(config.n_seeds)]
-    ).to(config.device)
+    return rotated_covariances(config.spectrum, config.n_seeds, seed=config.seed, device=config.device)
 
 
 def whiten(preconditioner: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from icl import baselines, evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, one_of, positive_int
-from icl.experiments.common import downsample_curve, fit_cached, validate_seed
+from icl.experiments.common import downsample_curve, fit_cached, validate_device, validate_seed
 from icl.models import LinearTransformer, add_balanced_initialisation_
 from icl.train import TrainConfig
 
@@ -71,8 +71,7 @@ class OneStepPGDConfig:
         put("init_std", finite_float("init_std", self.init_std, minimum=0.0, strict=True))
         put("n_test", positive_int("n_test", self.n_test, minimum=2))
         put("seed", validate_seed(self.seed))
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+        validate_device(self.device)
 
 
 class OneStepPGDResult(NamedTuple):

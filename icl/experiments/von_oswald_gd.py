@@ -24,7 +24,7 @@ import torch
 from icl import baselines, construct, evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, positive_int
-from icl.experiments.common import best_shared_step_size, downsample_curve, fit_cached, validate_seed
+from icl.experiments.common import best_shared_step_size, downsample_curve, fit_cached, validate_device, validate_seed
 from icl.models import LinearTransformer
 from icl.train import TrainConfig
 
@@ -64,8 +64,7 @@ class VonOswaldGDConfig:
         put("n_validation", positive_int("n_validation", self.n_validation, minimum=2))
         put("n_test", positive_int("n_test", self.n_test, minimum=2))
         put("seed", validate_seed(self.seed))
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+        validate_device(self.device)
 
     @property
     def variance(self) -> float:
