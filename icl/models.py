@@ -221,11 +221,40 @@ class LinearTransformer(nn.Module):
             raise ValueError(f"Z must have shape (E={self.n_models}, B, d+1={self.dim + 1}, n+1), got {tuple(Z.shape)}")
         if Z.shape[3] < 2:
             raise ValueError(f"Z must hold at least one context token (n >= 1) before the query, got {tuple(Z.shape)}")
-        P, Q = self.weights()
+        if self.parameterisation in ("sparse", "sparse_u"):
+            Z = self._label_row_forward(Z)
+        else:
+            P, Q = self.weights()
+            for layer in range(self.n_layers):
+                index = 0 if self.looped else layer
+                Z = lsa_layer(Z, P[:, index], Q[:, index])
+        return Z.squeeze(0) if squeeze else Z
+
+    def _label_row_forward(self, Z: torch.Tensor) -> torch.Tensor:
+        """All layers of a sparse or sparse_u model, computed on the label row alone; Z: (E, B, d+1, n+1).
+
+        With P = [[0, 0], [pᵀ]] only the label row moves (p = (u_P, 1)), so the layers are GD steps in
+        function space: with values vᵢ = yᵢ + u_Pᵀxᵢ and h = Σᵢ vᵢ zᵢ (sums over the n context tokens),
+        every token's label gains (1/n) hᵀ Q z_j = −(1/n)(h_xᵀ A x_j + h_y u_Qᵀ x_j). That is O(n d) per
+        prompt and layer instead of the generic layer's O(n d²); the tests check it equals :func:`lsa_layer`.
+        """
+        rows = Z.mT  # (E, B, n+1, d+1): tokens as rows
+        d, n = self.dim, rows.shape[-2] - 1
+        covariates = rows[..., :d]  # (E, B, n+1, d): the x rows never change
+        context = covariates[..., :n, :]
+        labels = rows[..., d]  # (E, B, n+1)
+        with_u = self.parameterisation == "sparse_u"
+        shifts = context @ self.u_P.unsqueeze(1).mT if with_u else None  # (E, B, n, L'): u_Pᵀxᵢ per weight
         for layer in range(self.n_layers):
             index = 0 if self.looped else layer
-            Z = lsa_layer(Z, P[:, index], Q[:, index])
-        return Z.squeeze(0) if squeeze else Z
+            values = labels[..., :n] if shifts is None else labels[..., :n] + shifts[..., index]
+            h_x = (values.unsqueeze(-2) @ context).squeeze(-2)  # (E, B, d): Σᵢ vᵢ xᵢ
+            step = h_x @ self.A[:, index]  # (E, B, d): (Aᵀ h_x)ᵀ
+            if with_u:
+                h_y = (values * labels[..., :n]).sum(-1, keepdim=True)  # (E, B, 1): Σᵢ vᵢ yᵢ
+                step = step + h_y * self.u_Q[:, index].unsqueeze(1)
+            labels = labels - (covariates @ step.unsqueeze(-1)).squeeze(-1) / n
+        return torch.cat([covariates, labels.unsqueeze(-1)], dim=-1).mT
 
     def predict(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         """ŷ for prompts X: (E, B, n, d), y: (E, B, n), x_query: (E, B, d) -> (E, B).

@@ -583,3 +583,26 @@ def test_load_weights_refuses_sparse_u() -> None:
     model = LinearTransformer(3, 1, parameterisation="sparse_u", generator=gen(8), dtype=torch.float64)
     with pytest.raises(ValueError, match="sparse_u"):
         construct.load_weights_(model, construct.gd_layer(3, 0.5))
+
+
+@pytest.mark.parametrize(("parameterisation", "looped"), [("sparse", False), ("sparse_u", False), ("sparse_u", True)])
+def test_label_row_forward_equals_the_literal_layers(parameterisation: str, looped: bool) -> None:
+    """The sparse forms' O(n d) label-row path against L literal layers Z + (1/n) P Z M Zᵀ Q Z, in value
+    and in the gradient of every parameter and of the tokens (a nonzero query label slot included)."""
+    E, L, d, n = 2, 3, 4, 9
+    model = LinearTransformer(
+        d, L, parameterisation=parameterisation, looped=looped, n_models=E, init_std=0.3, generator=gen(9), dtype=F64
+    )
+    Z = torch.randn(E, 5, d + 1, n + 1, generator=gen(10), dtype=F64, requires_grad=True)
+    weight = torch.randn(E, 5, d + 1, n + 1, generator=gen(11), dtype=F64)
+    fast = model(Z)
+    P, Q = model.weights()
+    literal = Z
+    for layer in range(L):
+        index = 0 if looped else layer
+        literal = naive_layer(literal, P[:, index], Q[:, index])
+    torch.testing.assert_close(fast, literal, rtol=0, atol=1e-12)
+    inputs = (Z, *model.parameters())
+    expected = torch.autograd.grad((literal * weight).sum(), inputs)
+    for got, want in zip(torch.autograd.grad((fast * weight).sum(), inputs), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
