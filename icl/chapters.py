@@ -38,6 +38,7 @@ CHAPTERS: dict[str, Chapter] = {
         Chapter("03_multi_step_pgd", "L layers of linear attention are L steps of preconditioned GD", "multi_step_pgd"),
         Chapter("04_trained_transformers_do_gd", "Trained transformers do gradient descent, and GD++", "von_oswald_gd"),
         Chapter("05_full_form_gd_plus_plus", "With the covariates trainable, L layers learn GD++", "full_form_gdpp"),
+        Chapter("06_looped_transformers", "A looped layer learns multi-step GD with one preconditioner", "looped_gd"),
     )
 }
 

@@ -23,6 +23,7 @@ Parameterisations (which entries of P_ℓ, Q_ℓ are trained):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -231,13 +232,25 @@ class LinearTransformer(nn.Module):
         return Z.squeeze(0) if squeeze else Z
 
     def _label_row_forward(self, Z: torch.Tensor) -> torch.Tensor:
-        """All layers of a sparse or sparse_u model, computed on the label row alone; Z: (E, B, d+1, n+1).
+        """All layers of a sparse or sparse_u model on the label row alone (see :meth:`label_rows`)."""
+        rows = Z.mT  # (E, B, n+1, d+1): tokens as rows
+        *_, labels = self.label_rows(Z, self.n_layers)  # the label row after the last layer
+        return torch.cat([rows[..., : self.dim], labels.unsqueeze(-1)], dim=-1).mT
 
+    def label_rows(self, Z: torch.Tensor, n_loops: int) -> Iterator[torch.Tensor]:
+        """The label row of Z after each of ``n_loops`` layers, (E, B, n+1) each; sparse and sparse_u only.
+
+        A looped model may run any number of loops (test-time looping); an untied one at most ``n_layers``.
         With P = [[0, 0], [pᵀ]] only the label row moves (p = (u_P, 1)), so the layers are GD steps in
         function space: with values vᵢ = yᵢ + u_Pᵀxᵢ and h = Σᵢ vᵢ zᵢ (sums over the n context tokens),
         every token's label gains (1/n) hᵀ Q z_j = −(1/n)(h_xᵀ A x_j + h_y u_Qᵀ x_j). That is O(n d) per
         prompt and layer instead of the generic layer's O(n d²); the tests check it equals :func:`lsa_layer`.
         """
+        if self.parameterisation not in ("sparse", "sparse_u"):
+            raise ValueError(f"label_rows needs the sparse or sparse_u form, not {self.parameterisation!r}")
+        n_loops = positive_int("n_loops", n_loops)
+        if not self.looped and n_loops > self.n_layers:
+            raise ValueError(f"n_loops must be at most n_layers={self.n_layers} for an untied model, got {n_loops}")
         rows = Z.mT  # (E, B, n+1, d+1): tokens as rows
         d, n = self.dim, rows.shape[-2] - 1
         covariates = rows[..., :d]  # (E, B, n+1, d): the x rows never change
@@ -245,7 +258,7 @@ class LinearTransformer(nn.Module):
         labels = rows[..., d]  # (E, B, n+1)
         with_u = self.parameterisation == "sparse_u"
         shifts = context @ self.u_P.unsqueeze(1).mT if with_u else None  # (E, B, n, L'): u_Pᵀxᵢ per weight
-        for layer in range(self.n_layers):
+        for layer in range(n_loops):
             index = 0 if self.looped else layer
             values = labels[..., :n] if shifts is None else labels[..., :n] + shifts[..., index]
             h_x = (values.unsqueeze(-2) @ context).squeeze(-2)  # (E, B, d): Σᵢ vᵢ xᵢ
@@ -254,7 +267,7 @@ class LinearTransformer(nn.Module):
                 h_y = (values * labels[..., :n]).sum(-1, keepdim=True)  # (E, B, 1): Σᵢ vᵢ yᵢ
                 step = step + h_y * self.u_Q[:, index].unsqueeze(1)
             labels = labels - (covariates @ step.unsqueeze(-1)).squeeze(-1) / n
-        return torch.cat([covariates, labels.unsqueeze(-1)], dim=-1).mT
+            yield labels
 
     def predict(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         """ŷ for prompts X: (E, B, n, d), y: (E, B, n), x_query: (E, B, d) -> (E, B).

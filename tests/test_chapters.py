@@ -33,6 +33,18 @@ TINY = {
         "-p",
         "n_layers=2",
     ],
+    "book/06_looped_transformers": [
+        "-p",
+        "train_steps=5",
+        "-p",
+        "dim=3",
+        "-p",
+        "n_context=6",
+        "-p",
+        "n_sweep=(12,)",
+        "-p",
+        "loops=(1, 2)",
+    ],
 }
 
 pytestmark = pytest.mark.notebooks

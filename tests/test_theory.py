@@ -308,3 +308,25 @@ def test_looped_divergence_probability_is_the_fraction_of_prompts_that_diverge()
     assert theory.looped_divergence_probability(d, n, 0.1, n_samples=1000, generator=gen(42)).value == 0.0
     with pytest.raises(ValueError, match="n_samples"):
         theory.looped_divergence_probability(d, n, a, n_samples=0, generator=gen(43))
+
+
+@pytest.mark.parametrize(("d", "n"), [(10, 20), (6, 4)])
+def test_largest_eigenvalue_by_bartlett_has_the_law_of_direct_sampling(d: int, n: int) -> None:
+    """Two-sample Kolmogorov–Smirnov against λ_max of X Xᵀ/n from Gaussian X (n ≥ d and n < d): at 20,000 draws
+    each, the statistic exceeds 0.0195 with probability 0.1 %."""
+    bartlett = theory.sample_largest_eigenvalue(d, n, 20_000, generator=gen(50)).sort().values
+    X = torch.randn(20_000, d, n, generator=gen(51), dtype=F64)
+    direct = torch.linalg.eigvalsh(X @ X.mT / n)[:, -1].sort().values
+    grid = torch.cat([bartlett, direct])
+    cdf = lambda sample: torch.searchsorted(sample, grid, right=True) / sample.numel()  # noqa: E731
+    assert (cdf(bartlett) - cdf(direct)).abs().max() < 0.0195
+    shifted = direct * 1.02  # power: a 2 % error in scale is caught
+    assert (cdf(bartlett) - cdf(shifted.sort().values)).abs().max() > 0.0195
+
+
+def test_largest_eigenvalue_sampler_is_reproducible_and_checks_its_input() -> None:
+    a = theory.sample_largest_eigenvalue(4, 8, 1000, generator=gen(52))
+    assert torch.equal(a, theory.sample_largest_eigenvalue(4, 8, 1000, generator=gen(52)))
+    assert a.shape == (1000,) and a.dtype == F64 and (a > 0).all()
+    with pytest.raises(ValueError, match="n_context"):
+        theory.sample_largest_eigenvalue(4, 0, 10, generator=gen(53))
