@@ -101,7 +101,7 @@ REGISTRY: Mapping[str, Preset] = {
             batch_size=1024,
             learning_rate=0.05,
             n_test=50_000,
-            n_looping_test=4000,
+            n_looping_test=8000,
             n_divergence_samples=200_000,
         ),
         why_quick=dict(
@@ -112,7 +112,7 @@ REGISTRY: Mapping[str, Preset] = {
             batch_size="4× smaller batches",
             learning_rate="2.5× higher, stable for L ≤ 3",
             n_test="half the test set; standard errors are stated",
-            n_looping_test="a fifth of the prompts looped on: the divergence check's standard error is 2.2× larger",
+            n_looping_test="40 % of the prompts looped on: the divergence check's standard error is 1.6× larger",
             n_divergence_samples="half the Monte Carlo draws for the predicted share",
         ),
     ),

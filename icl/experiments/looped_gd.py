@@ -579,7 +579,11 @@ def claim_checks(result: LoopedResult, config: LoopedConfig) -> ClaimChecks:
     n0, n1 = config.looping_contexts
     for j, L in enumerate(config.looping_from):
         measured, predicted = result.diverging_fraction[0, j], result.predicted_fraction[0, j]  # (S,)
-        sampling = (predicted * (1 - predicted) / config.n_looping_test).sum().sqrt() / len(predicted)
+        # Binomial error of the measured share; p is kept at least 1/N from 0 and 1 so that the tolerance never
+        # vanishes (an undertrained model with a tiny step has p = 0, and one diverging prompt must fail it).
+        floor = 1 / config.n_looping_test
+        p = predicted.clamp(floor, 1 - floor)
+        sampling = (p * (1 - p) / config.n_looping_test).sum().sqrt() / len(predicted)
         se = (sampling**2 + result.predicted_fraction_se[0, j].mean() ** 2).sqrt().item()
         checks.close(
             f"n = {n0}, trained with L = {L}: share of prompts on which looping diverges (mean over models)",
