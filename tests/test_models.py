@@ -606,3 +606,20 @@ def test_label_row_forward_equals_the_literal_layers(parameterisation: str, loop
     expected = torch.autograd.grad((literal * weight).sum(), inputs)
     for got, want in zip(torch.autograd.grad((fast * weight).sum(), inputs), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_label_rows_loops_on_a_looped_model_and_refuses_what_it_cannot_do() -> None:
+    d, n = 3, 8
+    looped = LinearTransformer(
+        d, 2, parameterisation="sparse_u", looped=True, init_std=0.2, generator=gen(12), dtype=F64
+    )
+    batch = prompts(E=1, d=d, n=n)
+    Z = to_tokens(batch.X, batch.y, batch.x_query)
+    rows = list(looped.label_rows(Z, 5))  # more loops than the model was built with
+    assert len(rows) == 5 and all(r.shape == (1, 6, n + 1) for r in rows)
+    torch.testing.assert_close(-rows[1][..., n], looped.predict(batch.X, batch.y, batch.x_query))
+    untied = LinearTransformer(d, 2, parameterisation="sparse", generator=gen(13), dtype=F64)
+    with pytest.raises(ValueError, match="n_loops"):
+        list(untied.label_rows(Z, 3))
+    with pytest.raises(ValueError, match="sparse"):
+        list(LinearTransformer(d, 1, parameterisation="full", generator=gen(14), dtype=F64).label_rows(Z, 1))

@@ -330,3 +330,22 @@ def test_largest_eigenvalue_sampler_is_reproducible_and_checks_its_input() -> No
     assert a.shape == (1000,) and a.dtype == F64 and (a > 0).all()
     with pytest.raises(ValueError, match="n_context"):
         theory.sample_largest_eigenvalue(4, 0, 10, generator=gen(53))
+
+
+def test_looped_optimum_against_the_looped_model_by_monte_carlo() -> None:
+    """The looped sparse model with A = a*·I (d = 10, n = 20, L = 3) on 10⁵ fresh prompts has the exact MSE of
+    :func:`icl.theory.optimal_looped_step_size` within K_SE standard errors; at 0.8·a* it has the polynomial's value,
+    which the test tells apart from the optimum."""
+    from icl.models import LinearTransformer
+
+    d, n, L = 10, 20, 3
+    optimum = theory.optimal_looped_step_size(d, n, L)
+    model = LinearTransformer(d, L, parameterisation="sparse", looped=True, generator=gen(60), dtype=F64)
+    batch = tasks.sample_regression(100_000, n, torch.eye(d, dtype=F64), generator=gen(61), dtype=F64)
+    for scale in (1.0, 0.8):
+        with torch.no_grad():
+            model.A.copy_(scale * optimum.step_sizes[0] * torch.eye(d, dtype=F64).reshape(model.A.shape))
+        squared = (model.predict(batch.X, batch.y, batch.x_query) - batch.y_query) ** 2
+        mean, se = squared.mean().item(), squared.std().item() / squared.numel() ** 0.5
+        assert abs(mean - theory.looped_loss_polynomial(d, n, L)(scale * optimum.step_sizes[0].item())) <= K_SE * se
+        assert (abs(mean - optimum.loss.item()) <= K_SE * se) == (scale == 1.0)  # power: 0.8·a* is told apart
