@@ -67,7 +67,16 @@ REGISTRY: Mapping[str, Preset] = {
     ),
     "full_form_gdpp": Preset(
         config=full_form_gdpp.FullFormConfig,
-        paper=dict(train_steps=100_000, batch_size=8192, n_seeds=5, depths=(1, 2, 3, 4), n_test=100_000),
+        paper=dict(
+            train_steps=100_000,
+            batch_size=8192,
+            n_seeds=5,
+            depths=(1, 2, 3, 4),
+            n_test=100_000,
+            context_sweep=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20),
+            sweep_train_steps=20_000,
+            clipped_contexts=(6, 10),
+        ),
         quick=dict(
             spectrum=(1.0, 1.0, 0.5, 0.25, 1.0),
             train_steps=8000,
@@ -76,6 +85,9 @@ REGISTRY: Mapping[str, Preset] = {
             depths=(1, 2, 3),
             n_validation=10_000,
             n_test=50_000,
+            context_sweep=(6, 10, 14, 20),
+            sweep_train_steps=5000,
+            clipped_contexts=(10,),
         ),
         why_quick=dict(
             spectrum=(
@@ -88,6 +100,9 @@ REGISTRY: Mapping[str, Preset] = {
             depths="depths 1–3, not 1–4, to save the deepest run",
             n_validation="half the prompts to fit GD's step size",
             n_test="half the test set; standard errors and medians are stated",
+            context_sweep="4 context lengths, not 10",
+            sweep_train_steps="4× fewer Adam steps per context length",
+            clipped_contexts="the paper code's clip at one short context, not two",
         ),
     ),
     "looped_gd": Preset(

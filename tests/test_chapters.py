@@ -25,6 +25,8 @@ TINY = {
     "book/04_trained_transformers_do_gd": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_context=6"],
     "book/05_full_form_gd_plus_plus": [
         "-p",
+        "sweep_train_steps=5",
+        "-p",
         "train_steps=5",
         "-p",
         "spectrum=(1.0, 0.5)",

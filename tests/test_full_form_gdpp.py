@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import presets
+from icl import presets, theory
 from icl.experiments import common, full_form_gdpp
 
 TINY = dict(
@@ -18,6 +18,9 @@ TINY = dict(
     batch_size=64,
     n_validation=500,
     n_test=1000,
+    context_sweep=(3, 6),
+    sweep_train_steps=20,
+    clipped_contexts=(3,),
 )
 
 
@@ -58,6 +61,16 @@ def test_shapes_and_baselines(stored) -> None:
     assert abs(r.sparse_loss[0].item() - r.pgd_exact_loss[0].item()) < 1e-12
     # More freedom, lower loss: a step per layer ≤ one shared step (exact).
     assert (r.sparse_loss <= r.pgd_exact_loss + 1e-12).all()
+    # The context-length sweep (Fig. 6): one trained ensemble per n, the baselines on the same prompts.
+    N = len(TINY["context_sweep"])
+    assert r.sweep_contexts.tolist() == list(TINY["context_sweep"])
+    names = ("sweep_loss", "sweep_loss_se", "sweep_median", "sweep_gd_loss", "sweep_pgd_loss", "sweep_least_squares")
+    for name in names:
+        assert getattr(r, name).shape == (N, S), name
+    assert r.clipped_loss.shape == r.clipped_median.shape == (1, S)
+    for i, n in enumerate(TINY["context_sweep"]):
+        assert abs(r.sweep_pgd_exact[i].item() - theory.optimal_looped_step_size(d, n, L).loss.item()) < 1e-12
+    assert (r.sweep_least_squares < 1e-6).all()  # noiseless labels and n > d: least squares is exact
 
 
 def test_undertrained_run_fails(stored) -> None:
@@ -76,6 +89,10 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
         loss=loss,
         projected_loss=torch.full((S,), small.item(), dtype=torch.float64),
         condition_number=torch.tensor([[5.0] * S] + [[1.5] * S] * (L - 1), dtype=torch.float64),
+        sweep_loss=0.5 * r.sweep_pgd_exact[:, None].expand(-1, S),
+        sweep_median=torch.full_like(r.sweep_median, 1e-2),
+        clipped_loss=torch.full_like(r.clipped_loss, 1e3),
+        clipped_median=torch.full_like(r.clipped_median, 1e-4),
     )
     full_form_gdpp.claim_checks(ideal).verify()
     # A model that learned only preconditioned GD (B = 0) has the sparse loss and leaves the data's
@@ -87,6 +104,7 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
         B_distance=torch.ones(S, L, dtype=torch.float64),
     )
     failed = [c.name for c in full_form_gdpp.claim_checks(sparse).checks if not c.passed]
+    failed = [name for name in failed if not name.startswith("n ")]  # the context sweep is checked above
     assert len(failed) == 4, failed
 
 
@@ -101,3 +119,23 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
 def test_bad_input_names_the_parameter(change: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         presets.get("full_form_gdpp", "quick", device="cpu", **change)
+
+
+def test_the_clip_contrast_and_the_figure_6_ordering_can_fail(stored) -> None:
+    r = stored[0]
+    S = r.a.shape[0]
+    base = dict(
+        sweep_loss=0.5 * r.sweep_pgd_exact[:, None].expand(-1, S),
+        sweep_median=torch.full_like(r.sweep_median, 1e-2),
+        clipped_loss=torch.full_like(r.clipped_loss, 1e3),
+        clipped_median=torch.full_like(r.clipped_median, 1e-4),
+    )
+
+    def failed(**changes) -> list[str]:
+        checks = full_form_gdpp.claim_checks(r._replace(**{**base, **changes}))
+        return [c.name for c in checks.checks if not c.passed and c.name.startswith("n ")]
+
+    assert failed() == []
+    assert len(failed(sweep_loss=2.0 * r.sweep_pgd_exact[:, None].expand(-1, S))) == 1  # above GD with a*Σ⁻¹
+    assert len(failed(clipped_loss=torch.full_like(r.clipped_loss, 1e-2))) == 1  # the clip costs nothing
+    assert len(failed(clipped_median=torch.full_like(r.clipped_median, 1.0))) == 1  # nor helps the median

@@ -1,5 +1,6 @@
 """With the covariate rows trainable too (the (11) form), L layers learn GD++: A_ℓ = a_ℓ Σ⁻¹ and
-B_ℓ = b_ℓ I, far below L steps of preconditioned GD (Ahn et al. 2023, Thm 4, Figs 3–5 and 7).
+B_ℓ = b_ℓ I, far below L steps of preconditioned GD (Ahn et al. 2023, Thm 4, Figs 3–7; Fig. 6 is the sweep
+over context lengths).
 
 Per layer P = [[B_ℓ, 0], [0, 1]], Q = −diag(A_ℓ, 0); A_ℓ and B_ℓ trained. Data x ~ N(0, Σ), w ~ N(0, Σ⁻¹),
 noiseless, Σ = U diag(spectrum) Uᵀ with a random rotation per seed. One ensemble (one model per seed) per
@@ -56,6 +57,10 @@ class FullFormConfig:
     init_std: float = 1e-3
     n_validation: int = 20_000
     n_test: int = 100_000
+    context_sweep: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
+    sweep_train_steps: int = 20_000
+    sweep_clip_norm: float = 100.0
+    clipped_contexts: tuple[int, ...] = (6, 10)
     seed: int = 0
     device: str = "cpu"
 
@@ -71,6 +76,14 @@ class FullFormConfig:
             raise ValueError(f"depths must include n_layers={self.n_layers}, got {self.depths}")
         for name in ("learning_rate", "clip_norm", "init_std"):
             put(name, finite_float(name, getattr(self, name), minimum=0.0, strict=True))
+        put("context_sweep", tuple(sorted(set(int_tuple("context_sweep", self.context_sweep)))))
+        put("sweep_train_steps", positive_int("sweep_train_steps", self.sweep_train_steps))
+        put("sweep_clip_norm", finite_float("sweep_clip_norm", self.sweep_clip_norm, minimum=0.0, strict=True))
+        put("clipped_contexts", tuple(sorted(set(int_tuple("clipped_contexts", self.clipped_contexts)))))
+        if not set(self.clipped_contexts) <= set(self.context_sweep):
+            raise ValueError(
+                f"clipped_contexts must be among context_sweep={self.context_sweep}, got {self.clipped_contexts}"
+            )
         put("n_validation", positive_int("n_validation", self.n_validation, minimum=2))
         put("n_test", positive_int("n_test", self.n_test, minimum=2))
         put("seed", validate_seed(self.seed))
@@ -108,6 +121,19 @@ class FullFormResult(NamedTuple):
     B_distance_history: torch.Tensor  # (T, S, L)
     curve_steps: torch.Tensor  # (C,)
     curve: torch.Tensor  # (C, S) training MSE of the main run, window means
+    # Fig. 6: L = n_layers models trained at each context length n of the sweep (gradient cap sweep_clip_norm)
+    sweep_contexts: torch.Tensor  # (N,)
+    sweep_loss: torch.Tensor  # (N, S) test MSE (mean)
+    sweep_loss_se: torch.Tensor  # (N, S)
+    sweep_median: torch.Tensor  # (N, S) median squared error
+    sweep_gd_loss: torch.Tensor  # (N, S) L steps of GD, one fitted step size
+    sweep_pgd_loss: torch.Tensor  # (N, S) L steps preconditioned by a* Σ⁻¹, same prompts
+    sweep_pgd_exact: torch.Tensor  # (N,) its exact MSE
+    sweep_least_squares: torch.Tensor  # (N, S) minimum-norm least squares (float64)
+    # the same runs with the main run's per-matrix clip (the paper code's), at clipped_contexts
+    clipped_contexts: torch.Tensor  # (M,)
+    clipped_loss: torch.Tensor  # (M, S)
+    clipped_median: torch.Tensor  # (M, S)
     elapsed_seconds: float
 
 
@@ -116,9 +142,16 @@ def covariances(config: FullFormConfig) -> torch.Tensor:
     return rotated_covariances(config.spectrum, config.n_seeds, seed=config.seed, device=config.device)
 
 
-def _sample(config: FullFormConfig, covariance: torch.Tensor, size: int, generator: torch.Generator, dtype):
+def _sample(
+    config: FullFormConfig, covariance: torch.Tensor, size: int, generator: torch.Generator, dtype, n: int | None = None
+):
     return tasks.sample_regression(
-        size, config.n_context, covariance.to(dtype), generator=generator, task_prior="inverse_covariance", dtype=dtype
+        size,
+        config.n_context if n is None else n,
+        covariance.to(dtype),
+        generator=generator,
+        task_prior="inverse_covariance",
+        dtype=dtype,
     )
 
 
@@ -146,6 +179,88 @@ def _train(config: FullFormConfig, covariance: torch.Tensor, depth: int, progres
         snapshot_every=max(1, config.train_steps // SNAPSHOTS) if main else None,
     )
     return model, trained
+
+
+def _train_at(config: FullFormConfig, covariance: torch.Tensor, n: int, clip: float, part: int, progress: bool):
+    """An L = n_layers ensemble trained at context length n with gradient cap ``clip`` (the Fig. 6 sweep)."""
+    streams = rng.streams(config.seed, config.device, part=part)
+    model = LinearTransformer(
+        config.dim,
+        config.n_layers,
+        parameterisation="eleven",
+        n_models=config.n_seeds,
+        init_std=config.init_std,
+        generator=streams.init,
+    )
+    fit_cached(
+        NAME,
+        config,
+        f"sweep-n{n}-clip{clip:g}",
+        model,
+        lambda g: _sample(config, covariance, config.batch_size, g, torch.float32, n=n),
+        TrainConfig(steps=config.sweep_train_steps, learning_rate=config.learning_rate, clip_norm=clip),
+        generator=streams.train,
+        progress=progress,
+        description=f"n = {n}, cap {clip:g}, {config.n_seeds} models",
+    )
+    return model
+
+
+def _sweep(config: FullFormConfig, covariance: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:
+    """Fig. 6: at every n of the sweep, the trained L-layer model (guard cap, and the main clip at clipped_contexts),
+    L steps of GD (one fitted step), L steps preconditioned by a*(n) Σ⁻¹ and least squares, on shared test prompts."""
+    d, L, S = config.dim, config.n_layers, config.n_seeds
+    inverse = torch.linalg.inv(covariance).unsqueeze(1)
+    out: dict[str, list[torch.Tensor]] = {}
+    for n in config.context_sweep:
+        model = _train_at(config, covariance, n, config.sweep_clip_norm, 1000 + n, progress)
+        validation = _sample(
+            config,
+            covariance,
+            config.n_validation,
+            rng.streams(config.seed, config.device, part=1000 + n).eval,
+            torch.float64,
+            n=n,
+        )
+        fitted = [
+            best_shared_step_size(
+                lambda e, s=s, v=validation: baselines.gd(v.X[s], v.y[s], v.x_query[s], e, n_steps=L),
+                validation.y_query[s],
+                L,
+                scale=0.1,
+            )[0]
+            for s in range(S)
+        ]
+        pgd = theory.optimal_looped_step_size(d, n, L)
+        eye = torch.eye(d, dtype=torch.float64, device=covariance.device)
+        gd_preconditioner = (
+            torch.tensor(fitted, dtype=torch.float64, device=covariance.device)[:, None, None, None] * eye
+        )
+        pgd_preconditioner = pgd.step_sizes[0].item() * inverse
+        predictors = {
+            "model": model.predict,
+            "gd": lambda X, y, q, M=gd_preconditioner: baselines.preconditioned_gd(X, y, q, M.to(X.dtype), n_steps=L),
+            "pgd": lambda X, y, q, M=pgd_preconditioner: baselines.preconditioned_gd(X, y, q, M.to(X.dtype), n_steps=L),
+            "ols": lambda X, y, q: baselines.least_squares(X.double(), y.double(), q.double()),
+        }
+        if n in config.clipped_contexts:
+            predictors["clipped"] = _train_at(config, covariance, n, config.clip_norm, 2000 + n, progress).predict
+        errors = _squared_errors(predictors, config, covariance, part=1000 + n, n=n)
+        values = {
+            "loss": errors["model"].mean(-1),
+            "loss_se": errors["model"].std(-1) / errors["model"].shape[-1] ** 0.5,
+            "median": errors["model"].median(-1).values,
+            "gd": errors["gd"].mean(-1),
+            "pgd": errors["pgd"].mean(-1),
+            "pgd_exact": pgd.loss,
+            "ols": errors["ols"].mean(-1),
+        }
+        if "clipped" in errors:
+            values["clipped"] = errors["clipped"].mean(-1)
+            values["clipped_median"] = errors["clipped"].median(-1).values
+        for key, value in values.items():
+            out.setdefault(key, []).append(torch.as_tensor(value).detach().double().cpu())
+    return {key: torch.stack(value) for key, value in out.items()}
 
 
 def _read(A: torch.Tensor, B: torch.Tensor, covariance: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -274,6 +389,7 @@ def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
                 "history": history,
             }
 
+    sweep = _sweep(config, covariance, progress)
     steps, curve = downsample_curve(main["trained"].losses)
     cpu = lambda x: torch.as_tensor(x).detach().double().cpu()  # noqa: E731
     stack = lambda xs: cpu(torch.stack([torch.as_tensor(x) for x in xs]))  # noqa: E731
@@ -303,17 +419,30 @@ def run(config: FullFormConfig, *, progress: bool = True) -> FullFormResult:
         B_distance_history=cpu(history["B_distance"]),
         curve_steps=steps,
         curve=cpu(curve),
+        sweep_contexts=torch.tensor(config.context_sweep),
+        sweep_loss=sweep["loss"],
+        sweep_loss_se=sweep["loss_se"],
+        sweep_median=sweep["median"],
+        sweep_gd_loss=sweep["gd"],
+        sweep_pgd_loss=sweep["pgd"],
+        sweep_pgd_exact=sweep["pgd_exact"],
+        sweep_least_squares=sweep["ols"],
+        clipped_contexts=torch.tensor(config.clipped_contexts),
+        clipped_loss=sweep["clipped"],
+        clipped_median=sweep["clipped_median"],
         elapsed_seconds=time.perf_counter() - start,
     )
 
 
 @torch.no_grad()
-def _squared_errors(predictors: dict[str, Any], config: FullFormConfig, covariance: torch.Tensor, part: int):
-    """Squared errors (S, n_test) of every predictor on the same test prompts (a test set per depth)."""
+def _squared_errors(
+    predictors: dict[str, Any], config: FullFormConfig, covariance: torch.Tensor, part: int, n: int | None = None
+):
+    """Squared errors (S, n_test) of every predictor on the same test prompts (a test set per depth, or per n)."""
     generator = rng.streams(config.seed + 1, config.device, part=part).eval
     errors: dict[str, list[torch.Tensor]] = {name: [] for name in predictors}
     for start in range(0, config.n_test, EVAL_CHUNK):
-        batch = _sample(config, covariance, min(EVAL_CHUNK, config.n_test - start), generator, torch.float32)
+        batch = _sample(config, covariance, min(EVAL_CHUNK, config.n_test - start), generator, torch.float32, n=n)
         for name, predict in predictors.items():
             errors[name].append((predict(batch.X, batch.y, batch.x_query).double() - batch.y_query.double()) ** 2)
     return {name: torch.cat(chunks, -1) for name, chunks in errors.items()}
@@ -374,6 +503,28 @@ def claim_checks(result: FullFormResult) -> ClaimChecks:
             (r.loss[deeper] / r.sparse_loss[deeper, None]).max().item(),
             0.5,
             reason="GD++ beats every preconditioned GD",
+        )
+    beyond = r.sweep_contexts >= 4
+    if beyond.any():
+        checks.at_most(
+            "n ≥ 4: worst (n, seed) test MSE / exact MSE of GD with a*(n) Σ⁻¹",
+            (r.sweep_loss[beyond] / r.sweep_pgd_exact[beyond, None]).max().item(),
+            1.0,
+            reason="the paper's Figure 6 ordering, for the mean",
+        )
+    for m, n in enumerate(r.clipped_contexts.tolist()):
+        i = r.sweep_contexts.tolist().index(n)
+        checks.at_least(
+            f"n = {n}: the paper code's clip, least mean MSE ratio to the guard's over seeds",
+            (r.clipped_loss[m] / r.sweep_loss[i]).min().item(),
+            10.0,
+            reason="a tight clip ignores the rare prompts that dominate the mean",
+        )
+        checks.at_most(
+            f"n = {n}: the paper code's clip, largest median ratio to the guard's over seeds",
+            (r.clipped_median[m] / r.sweep_median[i]).max().item(),
+            1.0,
+            reason="and fits the typical prompt better",
         )
     return checks
 
