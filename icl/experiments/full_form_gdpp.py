@@ -155,8 +155,21 @@ def _sample(
     )
 
 
-def _train(config: FullFormConfig, covariance: torch.Tensor, depth: int, progress: bool):
-    streams = rng.streams(config.seed, config.device, part=depth)
+def _fit(
+    config: FullFormConfig,
+    covariance: torch.Tensor,
+    *,
+    depth: int,
+    n: int,
+    clip: float,
+    steps: int,
+    slug: str,
+    part: int,
+    progress: bool,
+    snapshots: bool = False,
+):
+    """Train (or load) one ensemble of (11)-form models, one per seed, with its own random streams."""
+    streams = rng.streams(config.seed, config.device, part=part)
     model = LinearTransformer(
         config.dim,
         depth,
@@ -165,43 +178,49 @@ def _train(config: FullFormConfig, covariance: torch.Tensor, depth: int, progres
         init_std=config.init_std,
         generator=streams.init,
     )
-    main = depth == config.n_layers
     trained = fit_cached(
         NAME,
         config,
-        f"L{depth}",
+        slug,
         model,
-        lambda g: _sample(config, covariance, config.batch_size, g, torch.float32),
-        TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate, clip_norm=config.clip_norm),
+        lambda g: _sample(config, covariance, config.batch_size, g, torch.float32, n=n),
+        TrainConfig(steps=steps, learning_rate=config.learning_rate, clip_norm=clip),
         generator=streams.train,
         progress=progress,
-        description=f"{depth} layers, {config.n_seeds} models",
-        snapshot_every=max(1, config.train_steps // SNAPSHOTS) if main else None,
+        description=f"{depth} layers, n = {n}, cap {clip:g}, {config.n_seeds} models",
+        snapshot_every=max(1, steps // SNAPSHOTS) if snapshots else None,
     )
     return model, trained
 
 
+def _train(config: FullFormConfig, covariance: torch.Tensor, depth: int, progress: bool):
+    """The depth sweep at n_context with the main clip; the run at n_layers records snapshots."""
+    return _fit(
+        config,
+        covariance,
+        depth=depth,
+        n=config.n_context,
+        clip=config.clip_norm,
+        steps=config.train_steps,
+        slug=f"L{depth}",
+        part=depth,
+        progress=progress,
+        snapshots=depth == config.n_layers,
+    )
+
+
 def _train_at(config: FullFormConfig, covariance: torch.Tensor, n: int, clip: float, part: int, progress: bool):
     """An L = n_layers ensemble trained at context length n with gradient cap ``clip`` (the Fig. 6 sweep)."""
-    streams = rng.streams(config.seed, config.device, part=part)
-    model = LinearTransformer(
-        config.dim,
-        config.n_layers,
-        parameterisation="eleven",
-        n_models=config.n_seeds,
-        init_std=config.init_std,
-        generator=streams.init,
-    )
-    fit_cached(
-        NAME,
+    model, _ = _fit(
         config,
-        f"sweep-n{n}-clip{clip:g}",
-        model,
-        lambda g: _sample(config, covariance, config.batch_size, g, torch.float32, n=n),
-        TrainConfig(steps=config.sweep_train_steps, learning_rate=config.learning_rate, clip_norm=clip),
-        generator=streams.train,
+        covariance,
+        depth=config.n_layers,
+        n=n,
+        clip=clip,
+        steps=config.sweep_train_steps,
+        slug=f"sweep-n{n}-clip{clip:g}",
+        part=part,
         progress=progress,
-        description=f"n = {n}, cap {clip:g}, {config.n_seeds} models",
     )
     return model
 
