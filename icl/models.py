@@ -142,6 +142,11 @@ class LinearTransformer(nn.Module):
     - ``"sparse_u"``: ``A``: (E, L', d, d), ``u_P``, ``u_Q``: (E, L', d).
 
     Entries start i.i.d. N(0, init_std²) from ``generator`` (required: no global seed).
+
+    ``loop_counts`` (looped models only, one count per model) lets the members of one ensemble loop a different
+    number of times: member e applies its layer loop_counts[e] times and then passes Z through unchanged, so an
+    ensemble can train the values of L of a sweep side by side, exactly as separate runs would (n_layers must be
+    the largest count).
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class LinearTransformer(nn.Module):
         init_std: float = 0.01,
         generator: torch.Generator,
         dtype: torch.dtype = torch.float32,
+        loop_counts: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
@@ -162,6 +168,15 @@ class LinearTransformer(nn.Module):
         self.parameterisation = one_of("parameterisation", parameterisation, PARAMETERISATIONS)
         self.looped = bool(looped)
         self.n_models = positive_int("n_models", n_models)
+        self.loop_counts: torch.Tensor | None = None
+        if loop_counts is not None:
+            counts = tuple(positive_int(f"loop_counts[{i}]", c) for i, c in enumerate(loop_counts))
+            if not self.looped or len(counts) != self.n_models or max(counts) != self.n_layers:
+                raise ValueError(
+                    f"loop_counts needs looped=True, one count per model ({self.n_models}) and max(loop_counts) = "
+                    f"n_layers ({self.n_layers}); got looped={self.looped}, loop_counts={list(loop_counts)}"
+                )
+            self.loop_counts = torch.tensor(counts, device=generator.device)
         init_std = finite_float("init_std", init_std, minimum=0.0)
         n_weights = 1 if self.looped else self.n_layers
         device = generator.device
@@ -228,17 +243,21 @@ class LinearTransformer(nn.Module):
             P, Q = self.weights()
             for layer in range(self.n_layers):
                 index = 0 if self.looped else layer
-                Z = lsa_layer(Z, P[:, index], Q[:, index])
+                updated = lsa_layer(Z, P[:, index], Q[:, index])
+                Z = updated if self.loop_counts is None else _where_active(self.loop_counts > layer, updated, Z)
         return Z.squeeze(0) if squeeze else Z
 
     def _label_row_forward(self, Z: torch.Tensor) -> torch.Tensor:
         """All layers of a sparse or sparse_u model on the label row alone (see :meth:`label_rows`)."""
         rows = Z.mT  # (E, B, n+1, d+1): tokens as rows
-        *_, labels = self.label_rows(Z, self.n_layers)  # the label row after the last layer
+        *_, labels = self.label_rows(Z, self.n_layers, stop_at=self.loop_counts)  # after the last layer
         return torch.cat([rows[..., : self.dim], labels.unsqueeze(-1)], dim=-1).mT
 
-    def label_rows(self, Z: torch.Tensor, n_loops: int) -> Iterator[torch.Tensor]:
+    def label_rows(
+        self, Z: torch.Tensor, n_loops: int, *, stop_at: torch.Tensor | None = None
+    ) -> Iterator[torch.Tensor]:
         """The label row of Z after each of ``n_loops`` layers, (E, B, n+1) each; sparse and sparse_u only.
+        With ``stop_at`` (E,), member e's labels stop changing after stop_at[e] layers.
 
         A looped model may run any number of loops (test-time looping); an untied one at most ``n_layers``.
         With P = [[0, 0], [pᵀ]] only the label row moves (p = (u_P, 1)), so the layers are GD steps in
@@ -266,7 +285,8 @@ class LinearTransformer(nn.Module):
             if with_u:
                 h_y = (values * labels[..., :n]).sum(-1, keepdim=True)  # (E, B, 1): Σᵢ vᵢ yᵢ
                 step = step + h_y * self.u_Q[:, index].unsqueeze(1)
-            labels = labels - (covariates @ step.unsqueeze(-1)).squeeze(-1) / n
+            updated = labels - (covariates @ step.unsqueeze(-1)).squeeze(-1) / n
+            labels = updated if stop_at is None else _where_active(stop_at > layer, updated, labels)
             yield labels
 
     def predict(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
@@ -274,6 +294,11 @@ class LinearTransformer(nn.Module):
 
         Without the E axis when ``n_models == 1``."""
         return read_out(self(to_tokens(X, y, x_query)))
+
+
+def _where_active(active: torch.Tensor, updated: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """``updated`` for the ensemble members where ``active`` (E,) holds, ``current`` elsewhere; (E, ...) tensors."""
+    return torch.where(active.reshape(-1, *([1] * (updated.ndim - 1))), updated, current)
 
 
 @torch.no_grad()

@@ -169,6 +169,20 @@ def test_shapes_and_the_covariances(stored) -> None:
     torch.testing.assert_close(r.optimal_step_size[0], torch.tensor(6 / (6 + 3 + 1), dtype=F64))
 
 
+def test_the_values_of_l_can_train_as_one_ensemble(stored, monkeypatch, tmp_path) -> None:
+    """batch_loops=True (the GPU default) gives results of the same layout; the members differ only in their
+    random streams, so the theory columns agree exactly."""
+    joint = tiny_result(monkeypatch, str(tmp_path), batch_loops=True)
+    for name, value in stored[0]._asdict().items():
+        if isinstance(value, torch.Tensor):
+            assert getattr(joint, name).shape == value.shape, name
+    assert torch.equal(joint.optimal_step_size, stored[0].optimal_step_size)
+    assert not torch.equal(joint.whitened, stored[0].whitened)
+    assert presets.get("looped_gd", "quick", device="cpu", **TINY).joint_loops is False
+    with pytest.raises(ValueError, match="batch_loops"):
+        presets.get("looped_gd", "quick", device="cpu", **{**TINY, "batch_loops": "yes"})
+
+
 def test_undertrained_models_fail_the_claim_checks(stored) -> None:
     config = presets.get("looped_gd", "quick", device="cpu", **TINY)
     checks = looped_gd.claim_checks(stored[0], config)

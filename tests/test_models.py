@@ -623,3 +623,45 @@ def test_label_rows_loops_on_a_looped_model_and_refuses_what_it_cannot_do() -> N
         list(untied.label_rows(Z, 3))
     with pytest.raises(ValueError, match="sparse"):
         list(LinearTransformer(d, 1, parameterisation="full", generator=gen(14), dtype=F64).label_rows(Z, 1))
+
+
+@pytest.mark.parametrize("parameterisation", ["sparse_u", "full"])
+def test_loop_counts_train_several_values_of_l_in_one_ensemble_exactly(parameterisation: str) -> None:
+    """Members with loop counts (1, 3, 2) give the predictions and gradients of three separate looped models."""
+    d, counts = 3, (1, 3, 2)
+    batch = prompts(E=3, d=d)
+    args = (batch.X, batch.y, batch.x_query)
+    joint = LinearTransformer(
+        d,
+        3,
+        parameterisation=parameterisation,
+        looped=True,
+        n_models=3,
+        init_std=0.3,
+        generator=gen(15),
+        dtype=F64,
+        loop_counts=counts,
+    )
+    joint_loss = (joint.predict(*args) ** 2).sum()
+    joint_grads = torch.autograd.grad(joint_loss, list(joint.parameters()))
+    for e, L in enumerate(counts):
+        alone = LinearTransformer(d, L, parameterisation=parameterisation, looped=True, generator=gen(16), dtype=F64)
+        for mine, theirs in zip(alone.parameters(), joint.parameters(), strict=True):
+            set_(mine, theirs.detach()[e : e + 1])
+        member = [t[e : e + 1] for t in args]
+        prediction = alone.predict(*member)
+        torch.testing.assert_close(joint.predict(*args)[e : e + 1], prediction, rtol=0, atol=1e-12)
+        grads = torch.autograd.grad((prediction**2).sum(), list(alone.parameters()))
+        for got, want in zip(joint_grads, grads, strict=True):
+            torch.testing.assert_close(got[e : e + 1], want, rtol=0, atol=1e-10)
+
+
+def test_loop_counts_are_validated() -> None:
+    with pytest.raises(ValueError, match="loop_counts"):
+        LinearTransformer(
+            3, 3, parameterisation="sparse", looped=False, n_models=2, generator=gen(), loop_counts=(1, 3)
+        )
+    with pytest.raises(ValueError, match="loop_counts"):
+        LinearTransformer(3, 3, parameterisation="sparse", looped=True, n_models=2, generator=gen(), loop_counts=(1, 2))
+    with pytest.raises(ValueError, match="loop_counts"):
+        LinearTransformer(3, 3, parameterisation="sparse", looped=True, n_models=2, generator=gen(), loop_counts=(0, 3))

@@ -68,6 +68,7 @@ class LoopedConfig:
     batch_size: int = 4096
     learning_rate: float = 0.02
     clip_norm: float = 100.0
+    batch_loops: bool | None = None
     init_std: float = 1e-3
     u_init_std: float = 0.05
     n_test: int = 100_000
@@ -93,12 +94,21 @@ class LoopedConfig:
         if len(ranges) % 2 or any(lo > hi for lo, hi in zip(ranges[::2], ranges[1::2], strict=True)):
             raise ValueError(f"ood_ranges must be pairs (lowest, highest eigenvalue), lowest <= highest, got {ranges}")
         put("ood_ranges", ranges)
+        if self.batch_loops is not None and not isinstance(self.batch_loops, bool):
+            raise ValueError(f"batch_loops must be True, False or None (auto), got {self.batch_loops!r}")
         for name in ("learning_rate", "clip_norm", "init_std", "u_init_std"):
             put(name, finite_float(name, getattr(self, name), minimum=0.0, strict=True))
         for name in ("n_test", "n_looping_test", "n_divergence_samples"):
             put(name, positive_int(name, getattr(self, name), minimum=2))
         put("seed", validate_seed(self.seed))
         validate_device(self.device)
+
+    @property
+    def joint_loops(self) -> bool:
+        """Whether the values of L of one context length train as one ensemble (each member looping its own number
+        of times). Exact either way; ``None`` means on a GPU only: every member then runs max(L) loops, which on 2
+        CPU cores made the `quick` chapter 25 % slower (125 s against 100 s) but saves kernel launches on a GPU."""
+        return self.device.startswith("cuda") if self.batch_loops is None else self.batch_loops
 
     @property
     def looping_contexts(self) -> tuple[int, int]:
@@ -173,26 +183,35 @@ def covariances(config: LoopedConfig) -> torch.Tensor:
     return torch.cat([identity, rotated])
 
 
-def _part(kind: str, n: int, loops: int) -> tuple[str, int]:
+def _part(kind: str, n: int, loops: tuple[int, ...]) -> tuple[str, int]:
     """A training run's store slug and the integer that seeds its own random streams."""
     offset = {"looped": 0, "untied": 1}[kind]
-    return f"{kind}-n{n}-L{loops}", (offset * 1000 + n) * 100 + loops
+    code = int("".join(str(L) for L in loops)) if kind == "looped" else loops[0]
+    return f"{kind}-n{n}-L{'-'.join(map(str, loops))}", (offset * 1000 + n) * 10**6 + code
 
 
 def _train(
-    config: LoopedConfig, kind: str, n: int, loops: int, covariance: torch.Tensor, progress: bool
+    config: LoopedConfig, kind: str, n: int, loops: tuple[int, ...], covariance: torch.Tensor, progress: bool
 ) -> tuple[LinearTransformer, Any]:
+    """One ensemble: a looped model for every L in ``loops`` and every covariance (E = len(loops) · len(covariance),
+    L slowest), each member looping its own number of times; or, for ``kind="untied"``, one L and one model per
+    covariance."""
     slug, part = _part(kind, n, loops)
     streams = rng.streams(config.seed, config.device, part=part)
     looped = kind == "looped"
+    if not looped and len(loops) != 1:
+        raise ValueError(f"an untied ensemble has one depth, got {loops}")
+    covariance = covariance.repeat(len(loops), 1, 1)
+    counts = tuple(L for L in loops for _ in range(covariance.shape[0] // len(loops)))
     model = LinearTransformer(
         config.dim,
-        loops,
+        max(loops),
         parameterisation="sparse_u" if looped else "sparse",
         looped=looped,
         n_models=covariance.shape[0],
         init_std=config.init_std,
         generator=streams.init,
+        loop_counts=counts if looped and len(loops) > 1 else None,
     )
     if looped:  # u = 0 is stationary (the loss is even in u): start it small and random, so that its decay shows
         with torch.no_grad():
@@ -214,10 +233,36 @@ def _train(
         TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate, clip_norm=config.clip_norm),
         generator=streams.train,
         progress=progress,
-        description=f"{kind}, n = {n}, L = {loops}, {covariance.shape[0]} models",
+        description=f"{kind}, n = {n}, L = {', '.join(map(str, loops))}, {covariance.shape[0]} models",
         snapshot_every=max(1, config.train_steps // SNAPSHOTS) if looped and n == config.n_context else None,
     )
     return model, trained
+
+
+def _members(model: LinearTransformer, start: int, count: int, loops: int) -> LinearTransformer:
+    """Members start … start + count − 1 of a looped ensemble, as an ensemble of their own looping ``loops`` times."""
+    subset = copy.deepcopy(model)
+    subset.n_models, subset.n_layers, subset.loop_counts = count, loops, None
+    for name, parameter in list(subset.named_parameters()):
+        setattr(subset, name, torch.nn.Parameter(parameter.detach()[start : start + count].clone()))
+    return subset
+
+
+def _looped_runs(
+    config: LoopedConfig, n: int, loops: tuple[int, ...], covariance: torch.Tensor, progress: bool
+) -> list[tuple[int, LinearTransformer, Any]]:
+    """For every L in ``loops``: the looped models (one per covariance) and their training record, trained as one
+    ensemble or as one per L (:attr:`LoopedConfig.joint_loops`); the same members either way."""
+    E = covariance.shape[0]
+    if not config.joint_loops:
+        return [(L, *_train(config, "looped", n, (L,), covariance, progress)) for L in loops]
+    model, trained = _train(config, "looped", n, loops, covariance, progress)
+    out = []
+    for k, L in enumerate(loops):
+        members = slice(k * E, (k + 1) * E)
+        snapshots = {name: value[:, members] for name, value in trained.snapshots.items()}
+        out.append((L, _members(model, k * E, E, L), trained._replace(snapshots=snapshots)))
+    return out
 
 
 def _summary(A: torch.Tensor, covariance: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -397,19 +442,15 @@ def run(config: LoopedConfig, *, progress: bool = True) -> LoopedResult:
     covariance = covariances(config)
     identity = covariance[:S]
 
-    main: dict[int, LinearTransformer] = {}
-    keys = ("whitened", "distance", "scale", "A", "asymmetry", "uP", "uQ", "u0")
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    rows.update({k: [] for k in ("loss", "loss_se", "h_distance", "h_scale", "h_uP", "h_uQ")})
+    main: dict[int, LinearTransformer] = {}  # the Σ = I members of every L
+    rows: dict[str, list[torch.Tensor]] = {}
     snapshot_steps = torch.empty(0)
-    for L in config.loops:
-        model, trained = _train(config, "looped", n0, L, covariance, progress)
-        main[L] = model
+    for L, model, trained in _looped_runs(config, n0, config.loops, covariance, progress):
         final = _summary(model.A.detach(), covariance)
         history = _summary(trained.snapshots["A"].to(covariance.device), covariance)
         u_P, u_Q = _u_norm(dict(model.named_parameters()))
         h_uP, h_uQ = _u_norm(trained.snapshots)
-        loss, loss_se = _test_loss(model, covariance, n0, config, _part("looped", n0, L)[1])
+        loss, loss_se = _test_loss(model, covariance, n0, config, _part("looped", n0, (L,))[1])
         for key, value in [
             ("whitened", final["whitened"]),
             ("distance", final["distance"]),
@@ -426,14 +467,15 @@ def run(config: LoopedConfig, *, progress: bool = True) -> LoopedResult:
             ("h_uP", h_uP),
             ("h_uQ", h_uQ),
         ]:
-            rows[key].append(value.detach().double().cpu())
+            rows.setdefault(key, []).append(value.detach().double().cpu())
         snapshot_steps = trained.snapshot_steps
+        main[L] = _members(model, 0, S, L)
 
     untied_loops = [L for L in config.loops if L >= 2]
     untied_loss, untied_se, untied_scales = [], [], []
     for L in untied_loops:
-        model, _ = _train(config, "untied", n0, L, identity, progress)
-        loss, loss_se = _test_loss(model, identity, n0, config, _part("untied", n0, L)[1])
+        model, _ = _train(config, "untied", n0, (L,), identity, progress)
+        loss, loss_se = _test_loss(model, identity, n0, config, _part("untied", n0, (L,))[1])
         untied_loss.append(loss.cpu())
         untied_se.append(loss_se.cpu())
         scales = torch.diagonal(model.A.detach().double(), dim1=-2, dim2=-1).mean(-1).sort(-1).values
@@ -443,11 +485,12 @@ def run(config: LoopedConfig, *, progress: bool = True) -> LoopedResult:
     looped_at: dict[tuple[int, int], tuple[LinearTransformer, torch.Tensor]] = {}
     for n in config.n_sweep:
         row: dict[str, list[torch.Tensor]] = {k: [] for k in sweep}
-        for L in config.looping_from:
-            if n == n0:  # the main run's Σ = I models
-                model = _first_models(main[L], S)
-            else:
-                model, _ = _train(config, "looped", n, L, identity, progress)
+        runs = (
+            [(L, main[L], None) for L in config.looping_from]  # at n0, the main runs' Σ = I members
+            if n == n0
+            else _looped_runs(config, n, config.looping_from, identity, progress)
+        )
+        for L, model, _ in runs:
             summary = _summary(model.A.detach(), identity)
             u_P, u_Q = _u_norm(dict(model.named_parameters()))
             ratio = torch.maximum(u_P, u_Q) / model.A.detach().double().norm(dim=(-2, -1))[:, 0]
@@ -463,7 +506,7 @@ def run(config: LoopedConfig, *, progress: bool = True) -> LoopedResult:
     for n in config.looping_contexts:
         for L in config.looping_from:
             model, scale = looped_at[(n, L)]
-            values = _looping(config, model, scale, n, L, _part("looped", n, L)[1] + 50_000_000)
+            values = _looping(config, model, scale, n, L, _part("looped", n, (L,))[1] + 50_000_000)
             for key, value in values.items():
                 looping.setdefault(key, []).append(value)
     C, J = len(config.looping_contexts), len(config.looping_from)
@@ -516,15 +559,6 @@ def run(config: LoopedConfig, *, progress: bool = True) -> LoopedResult:
         optimal_fraction=grid("optimal").double(),
         elapsed_seconds=time.perf_counter() - start,
     )
-
-
-def _first_models(model: LinearTransformer, count: int) -> LinearTransformer:
-    """A copy of an ensemble holding only its first ``count`` models."""
-    subset = copy.deepcopy(model)
-    subset.n_models = count
-    for name, parameter in list(subset.named_parameters()):
-        setattr(subset, name, torch.nn.Parameter(parameter.detach()[:count].clone()))
-    return subset
 
 
 # --- claim checks -----------------------------------------------------------------------------------------------------
