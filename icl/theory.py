@@ -300,5 +300,12 @@ def looped_divergence_probability(
     """
     step_size = finite_float("step_size", step_size, minimum=0.0)
     largest = sample_largest_eigenvalue(dim, n_context, n_samples, generator=generator)
-    p = float((step_size * largest > 2).double().mean())
-    return Probability(p, math.sqrt(p * (1 - p) / largest.numel()))
+    value, standard_error = divergence_shares(largest, torch.tensor([step_size], dtype=torch.float64))
+    return Probability(value.item(), standard_error.item())
+
+
+def divergence_shares(largest: torch.Tensor, step_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every step size a, the share of the draws ``largest`` (N,) of λ_max(Ŝ) with a·λ_max > 2 and its binomial
+    standard error √(p(1 − p)/N): 2 × (A,), on one set of draws (common random numbers across the step sizes)."""
+    shares = (step_sizes.double().cpu()[:, None] * largest.double().cpu() > 2).double().mean(-1)
+    return shares, (shares * (1 - shares) / largest.numel()).sqrt()

@@ -349,3 +349,10 @@ def test_looped_optimum_against_the_looped_model_by_monte_carlo() -> None:
         mean, se = squared.mean().item(), squared.std().item() / squared.numel() ** 0.5
         assert abs(mean - theory.looped_loss_polynomial(d, n, L)(scale * optimum.step_sizes[0].item())) <= K_SE * se
         assert (abs(mean - optimum.loss.item()) <= K_SE * se) == (scale == 1.0)  # power: 0.8·a* is told apart
+
+
+def test_divergence_shares_count_the_draws_for_every_step_size() -> None:
+    largest = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64)
+    shares, se = theory.divergence_shares(largest, torch.tensor([0.4, 0.6, 1.0], dtype=F64))
+    torch.testing.assert_close(shares, torch.tensor([0.0, 0.25, 0.5], dtype=F64))  # a·λ > 2: λ > 5, 3.33, 2
+    torch.testing.assert_close(se, (shares * (1 - shares) / 4).sqrt())

@@ -428,8 +428,7 @@ def _divergence_shares(
     """P(a λ_max(Ŝ) > 2) and its Monte Carlo s.e. for every a in ``scale`` (E,), on one set of draws of λ_max."""
     generator = rng.streams(config.seed, part=part).task  # CPU: the draws are NumPy's
     largest = theory.sample_largest_eigenvalue(config.dim, n, config.n_divergence_samples, generator=generator)
-    shares = (scale.double().cpu()[:, None] * largest > 2).double().mean(-1)
-    return shares, (shares * (1 - shares) / largest.numel()).sqrt()
+    return theory.divergence_shares(largest, scale)
 
 
 # --- the experiment ---------------------------------------------------------------------------------------------------
