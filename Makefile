@@ -7,12 +7,18 @@ export ICL_PRESET ?= quick
 # of $ICL_PRESET would leave stale outputs: start from a clean _build then (the result store keeps it cheap).
 CACHE_KEY := $(ICL_PRESET)-$(shell find icl -name '*.py' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)
 
+# MathJax served from the site itself (book/_ext/icl_site.py uses it when present), so that math renders
+# offline and the browser test (tests/test_site.py) can check it. Without npm the site uses the CDN.
+MATHJAX := book/_static/mathjax
+
 .PHONY: book test clean
 
-book: .venv/.installed
+# Chapters write their records (claim checks, run time, peak memory, thumbnail) to _build/records/,
+# which the intro and status pages read.
+book: .venv/.installed $(MATHJAX)/tex-mml-chtml.js
 	@if [ "$$(cat _build/.cache-key 2>/dev/null)" != "$(CACHE_KEY)" ]; then \
 		rm -rf _build && mkdir _build && echo "$(CACHE_KEY)" > _build/.cache-key; fi
-	$(BIN)/jupyter-book build -W --keep-going .
+	ICL_RECORD_DIR=$(CURDIR)/_build/records $(BIN)/jupyter-book build -W --keep-going .
 
 test: .venv/.installed
 	$(BIN)/python -m pytest
@@ -21,6 +27,14 @@ test: .venv/.installed
 	$(PYTHON) -m venv .venv
 	$(BIN)/pip install -e '.[book,test]'
 	touch $@
+
+$(MATHJAX)/tex-mml-chtml.js:
+	@if command -v npm >/dev/null 2>&1; then \
+		tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz) \
+		&& mkdir -p $(MATHJAX)/output/chtml/fonts \
+		&& cp -r $$tmp/package/es5/output/chtml/fonts/woff-v2 $(MATHJAX)/output/chtml/fonts/ \
+		&& cp $$tmp/package/es5/tex-mml-chtml.js $(MATHJAX)/ && rm -rf $$tmp; \
+	else echo "npm not found: the site will load MathJax from its CDN (offline, math shows as raw TeX)"; fi
 
 clean:
 	rm -rf _build

@@ -15,14 +15,13 @@ import argparse
 import ast
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from icl import __version__, chapters, presets
+from icl import chapters, presets
 from icl.config import positive_int
 from icl.device import resolve_device
 from icl.store import atomic_write_text
@@ -93,21 +92,6 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
     return chapter, notebook, {k: v for k, v in parameters.items() if k in defaults}
 
 
-def versions() -> dict[str, str]:
-    import matplotlib
-    import numpy
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "icl": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "matplotlib": matplotlib.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     chapter, notebook, parameters = prepare(args)
     import nbformat
@@ -148,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {chapter.slug} failed before its claim checks ({reason}); nothing written", file=sys.stderr)
             return EXIT_FAILED
         content = json.loads(record_path.read_text())
-        content.update(parameters=parameters, versions=versions(), elapsed_seconds=round(elapsed, 3))
+        content.update(parameters=parameters, versions=chapters.versions(), elapsed_seconds=round(elapsed, 3))
         if error is not None:
             content["passed"] = False
         atomic_write_text(nbformat.writes(nbformat.read(executed_path, as_version=4)), notebook_path)
