@@ -93,6 +93,14 @@ CHAPTERS: dict[str, Chapter] = {
             "one layer looped L times learns L GD steps with one preconditioner a*Σ⁻¹ (a* < 1, exact); test-time "
             "looping helps the median, not the mean at small n/d",
         ),
+        Chapter(
+            "07_gradient_flow",
+            "Gradient flow from a small balanced start reaches the global minimum",
+            "gradient_flow",
+            "Zhang, Frei, Bartlett Thm 4.1",
+            "exact gradient flow reaches uU = Γ⁻¹ linearly with u² − ‖U‖²_F conserved; SGD finds the product, "
+            "not the factors",
+        ),
     )
 }
 

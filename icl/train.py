@@ -20,12 +20,13 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from icl.config import finite_float, positive_int
+from icl.config import finite_float, one_of, positive_int
 from icl.store import atomic_torch_save
 from icl.tasks import RegressionBatch
 from icl.tokens import read_out, to_tokens
 
 PromptSampler = Callable[[torch.Generator], RegressionBatch]
+OPTIMISERS: tuple[str, ...] = ("adam", "sgd")
 """Draws one training batch: X (E, B, n, d), y (E, B, n), x_query (E, B, d), y_query (E, B)."""
 
 
@@ -40,9 +41,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     checkpoint_every: int = 500
     clip_norm: float | None = None  # per model and parameter: each (E, ...) slice's gradient norm capped here
+    optimiser: str = "adam"  # "adam", or "sgd": plain stochastic gradient descent (``betas`` unused)
 
     def __post_init__(self) -> None:
         positive_int("train_steps", self.steps)
+        one_of("optimiser", self.optimiser, OPTIMISERS)
         finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True)
         fraction = finite_float("final_learning_rate_fraction", self.final_learning_rate_fraction, minimum=0.0)
         if fraction > 1:
@@ -89,7 +92,10 @@ def train(
     step writes one too, so resuming a finished run returns at once; the caller deletes it once the
     result is safe elsewhere (:func:`icl.experiments.common.fit_cached` does, after the store has it).
     """
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
+    if config.optimiser == "sgd":  # the loss sums the members' MSEs, so each member's step is its own
+        optimiser: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    else:
+        optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
     if snapshot_every is not None:
         snapshot_every = positive_int("snapshot_every", snapshot_every)
 

@@ -47,6 +47,7 @@ TINY = {
         "-p",
         "loops=(1, 2)",
     ],
+    "book/07_gradient_flow": ["-p", "train_steps=5", "-p", "spectrum=(1.0, 0.5)", "-p", "flow_contexts=(4,)"],
 }
 
 pytestmark = pytest.mark.notebooks

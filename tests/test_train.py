@@ -10,6 +10,7 @@ import torch
 
 from icl import tasks
 from icl.models import LinearTransformer
+from icl.tokens import read_out, to_tokens
 from icl.train import TrainConfig, train
 
 D, N, BATCH = 3, 8, 128
@@ -151,6 +152,7 @@ def test_the_schedule_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
         (dict(final_learning_rate_fraction=1.5), "final_learning_rate_fraction"),
         (dict(final_learning_rate_fraction=-0.1), "final_learning_rate_fraction"),
         (dict(checkpoint_every=0), "checkpoint_every"),
+        (dict(optimiser="lbfgs"), "optimiser"),
     ],
 )
 def test_config_validation_names_the_parameter(kwargs: dict, name: str) -> None:
@@ -207,3 +209,22 @@ def test_clipping_is_per_model_and_per_parameter() -> None:
     assert torch.equal(param.grad[1], small)
     with pytest.raises(ValueError, match="clip_norm"):
         TrainConfig(steps=1, clip_norm=0.0)
+
+
+def test_sgd_takes_plain_gradient_steps_per_model() -> None:
+    """With optimiser="sgd", one step moves every member by −lr × the gradient of its own MSE."""
+    model = LinearTransformer(D, 1, parameterisation="full", n_models=2, init_std=0.1, generator=gen(1))
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = sampler(gen(2))
+    reference = LinearTransformer(D, 1, parameterisation="full", n_models=2, init_std=0.1, generator=gen(1))
+    mse = ((read_out(reference(to_tokens(batch.X, batch.y, batch.x_query))) - batch.y_query) ** 2).mean(-1)
+    gradients = torch.autograd.grad(mse.sum(), list(reference.parameters()))
+    train(
+        model,
+        lambda g: sampler(gen(2)),
+        TrainConfig(steps=1, learning_rate=0.05, optimiser="sgd"),
+        generator=gen(3),
+        progress=False,
+    )
+    for start, gradient, after in zip(before, gradients, model.parameters(), strict=True):
+        torch.testing.assert_close(after.detach(), start - 0.05 * gradient)
