@@ -35,7 +35,7 @@ import torch
 from icl import evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, positive_float_tuple, positive_int
-from icl.experiments.common import fit_cached, rotated_covariances, validate_device, validate_seed
+from icl.experiments.common import eval_chunk, fit_cached, rotated_covariances, validate_device, validate_seed
 from icl.experiments.multi_step_pgd import whiten
 from icl.models import LinearTransformer
 from icl.tokens import to_tokens
@@ -43,7 +43,6 @@ from icl.train import TrainConfig
 
 NAME = "looped_gd"
 SNAPSHOTS = 100
-EVAL_CHUNK = 20_000
 LOOPING_CHUNK = 2500  # prompts per model at a time when looping on at test time (float64 tokens)
 DETECTION_LOOPS = 200
 DETECTION_WINDOW = 100  # a diverging prompt's update grows over this many loops
@@ -286,14 +285,16 @@ def _test_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte Carlo MSE and its standard error on fresh prompts, one per model: 2 × (E,)."""
     generator = rng.streams(config.seed, config.device, part=part).eval
-    errors = []
-    for start in range(0, config.n_test, EVAL_CHUNK):
-        size = min(EVAL_CHUNK, config.n_test - start)
+    # Filled chunk by chunk into one tensor (a list of chunks fragments glibc's heap; see one_step_pgd._test_losses).
+    squared = torch.empty(covariance.shape[0], config.n_test, dtype=torch.float64, device=covariance.device)
+    chunk = eval_chunk(n)
+    for start in range(0, config.n_test, chunk):
+        size = min(chunk, config.n_test - start)
         batch = tasks.sample_regression(
             size, n, covariance.float(), generator=generator, task_prior="inverse_covariance"
         )
-        errors.append((model.predict(batch.X, batch.y, batch.x_query).double() - batch.y_query.double()) ** 2)
-    squared = torch.cat(errors, -1)
+        prediction = model.predict(batch.X, batch.y, batch.x_query).double()
+        squared[:, start : start + size] = (prediction - batch.y_query.double()) ** 2
     return squared.mean(-1), squared.std(-1) / squared.shape[-1] ** 0.5
 
 
