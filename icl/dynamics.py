@@ -52,16 +52,6 @@ def gamma(covariance: torch.Tensor, n_context: int) -> torch.Tensor:
     return torch.linalg.inv(optimal_preconditioner(covariance, n_context))
 
 
-def balanced_start(dim: int, scale: float, *, generator: torch.Generator) -> FlowState:
-    """ZFB's initialisation: U = σ ΘΘᵀ with ‖ΘΘᵀ‖_F = 1 (Θ (d, d) standard Gaussian from ``generator``) and
-    u = σ, so that u² − ‖U‖²_F = 0. float64, on the generator's device."""
-    dim = positive_int("dim", dim)
-    scale = finite_float("scale", scale, minimum=0.0, strict=True)
-    theta = torch.randn(dim, dim, generator=generator, device=generator.device, dtype=torch.float64)
-    gram = theta @ theta.mT
-    return FlowState(scale * gram / torch.linalg.matrix_norm(gram), torch.tensor(scale, dtype=torch.float64))
-
-
 def limit(covariance: torch.Tensor, n_context: int, balance: torch.Tensor | float = 0.0) -> FlowState:
     """The flow's limit (Thm 4.1): uU = Γ⁻¹ with the start's u² − ‖U‖²_F = ``balance`` kept, so u² is the positive
     root of u² − ‖Γ⁻¹‖²_F / u² = balance; from a balanced start u = ‖Γ⁻¹‖_F^{½} and U = ‖Γ⁻¹‖_F^{−½} Γ⁻¹.

@@ -13,13 +13,11 @@ LAMBDA = torch.diag(torch.tensor([2.0, 1.0, 1.0, 0.5, 0.25], dtype=torch.float64
 
 
 def _state(seed: int = 0, d: int = 5) -> dynamics.FlowState:
-    return dynamics.balanced_start(d, 0.5, generator=torch.Generator().manual_seed(seed))
-
-
-def test_balanced_start_is_balanced_and_psd() -> None:
-    U, u = _state()
-    assert u.item() == 0.5 and torch.linalg.matrix_norm(U).item() == pytest.approx(0.5, rel=1e-12)
-    assert torch.linalg.eigvalsh(U).min() >= -1e-12
+    """A balanced start of scale ½: U = ½ GGᵀ/‖GGᵀ‖_F (G Gaussian), u = ½, so u² − ‖U‖²_F = 0. (The experiments start
+    from the model's own initialisation, icl.models.add_balanced_initialisation_.)"""
+    G = torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    gram = G @ G.mT
+    return dynamics.FlowState(0.5 * gram / torch.linalg.matrix_norm(gram), torch.tensor(0.5, dtype=torch.float64))
 
 
 def test_velocity_is_minus_the_gradient_of_the_loss() -> None:
@@ -115,5 +113,3 @@ def test_bad_input_names_the_parameter(name: str, kwargs: dict) -> None:
     arguments = {"time": 1.0, "step": 0.01} | kwargs
     with pytest.raises(ValueError, match=name):
         dynamics.gradient_flow(LAMBDA, 20, _state(), **arguments)
-    with pytest.raises(ValueError, match="scale"):
-        dynamics.balanced_start(5, 0.0, generator=torch.Generator())

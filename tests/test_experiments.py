@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import evaluate, presets
+from icl import evaluate, presets, tasks
 from icl.checks import ClaimCheckFailed
 from icl.experiments import common, one_step_pgd
 
@@ -108,3 +108,20 @@ def test_no_checkpoint_is_left_once_the_results_are_stored(stored) -> None:
     store = Path(stored[1])
     assert list((store / "results").glob("*.pt"))  # one stored state per training run
     assert not list((store / "checkpoints").glob("*"))  # their checkpoints are gone, temporaries too
+
+
+def test_monte_carlo_predictions_fill_every_prompt_in_chunk_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunked evaluation returns, per predictor and for the targets, exactly the chunks' outputs side by side."""
+    monkeypatch.setattr(common, "EVAL_CONTEXT_EXAMPLES", 70)  # n = 10: chunks of 7 prompts, the last one of 4
+    covariance = torch.eye(3).expand(2, 3, 3)
+
+    def sample(size: int, generator: torch.Generator):
+        return tasks.sample_regression(size, 10, covariance, generator=generator)
+
+    first = torch.Generator().manual_seed(5)
+    out = common.monte_carlo_predictions(25, 10, lambda size: sample(size, first), {"mean": lambda b: b.y.mean(-1)})
+    second = torch.Generator().manual_seed(5)
+    chunks = [sample(size, second) for size in (7, 7, 7, 4)]
+    assert set(out) == {"target", "mean"} and out["mean"].shape == (2, 25)
+    torch.testing.assert_close(out["target"], torch.cat([c.y_query for c in chunks], -1), rtol=0, atol=0)
+    torch.testing.assert_close(out["mean"], torch.cat([c.y.mean(-1) for c in chunks], -1), rtol=0, atol=0)

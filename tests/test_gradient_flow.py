@@ -41,7 +41,7 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
     config = tiny()
     first = gradient_flow.run(config, progress=False)
     F, S, d = 2, 2, 3
-    assert first.flow_relative_error.shape == (201, F, S) and first.flow_final_U.shape == (F, S, d, d)
+    assert first.flow_relative_error.shape == (201, F, S) and first.flow_u.shape == (201, F, S)
     assert first.trained_relative_error.shape == (len(first.trained_steps), S)
     assert first.trained_learned.shape == (S, d, d)
     assert first.trained_steps[0] == 0 and first.trained_steps[-1] == config.train_steps

@@ -25,12 +25,11 @@ import torch
 from icl import dynamics, evaluate, rng, store, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, one_of, positive_float_tuple, positive_int
-from icl.experiments.common import fit_cached, validate_device, validate_seed
+from icl.experiments.common import fit_cached, monte_carlo_predictions, validate_device, validate_seed
 from icl.models import LinearTransformer, add_balanced_initialisation_
 from icl.train import OPTIMISERS, TrainConfig
 
 NAME = "gradient_flow"
-EVAL_CHUNK = 20_000
 SNAPSHOTS = 60
 
 
@@ -87,18 +86,14 @@ class GradientFlowResult(NamedTuple):
     covariance: torch.Tensor  # (d, d) Λ
     flow_contexts: torch.Tensor  # (F,)
     optimum: torch.Tensor  # (F, d, d) Γ⁻¹ at each N of the flow
-    limit_u: torch.Tensor  # (F,) ‖Γ⁻¹‖_F^{½}
+    limit_u: torch.Tensor  # (F,) ‖Γ⁻¹‖_F^{½}, the limit of u from a balanced start
     optimal_loss: torch.Tensor  # (F,) L* = ½[tr Λ − tr(Λ² Γ⁻¹)], ½·MSE
-    convergence_bound: torch.Tensor  # (F,) σ²‖Γ‖_op √d (Thm 4.1 asks < 2)
     flow_times: torch.Tensor  # (T,)
     flow_relative_error: torch.Tensor  # (T, F, S) ‖uU − Γ⁻¹‖_F / ‖Γ⁻¹‖_F
     flow_excess_loss: torch.Tensor  # (T, F, S) L − L*
     flow_balance: torch.Tensor  # (T, F, S) u² − ‖U‖²_F
     flow_u: torch.Tensor  # (T, F, S)
     flow_limit_u: torch.Tensor  # (F, S) the limit of u given each start's balance (exactly ‖Γ⁻¹‖_F^½ at balance 0)
-    flow_U_error: torch.Tensor  # (T, F, S) ‖U − U∞‖_F / ‖U∞‖_F
-    flow_final_U: torch.Tensor  # (F, S, d, d)
-    inverse_error: torch.Tensor  # (F,) ‖Λ⁻¹ − Γ⁻¹‖_F / ‖Γ⁻¹‖_F: how far the naive answer is
     # The trained models at n_context, from the same starts:
     trained_steps: torch.Tensor  # (K,)
     trained_relative_error: torch.Tensor  # (K, S) of the product A = u U (u = P[d, d], U = −Q[:d, :d])
@@ -148,20 +143,17 @@ def _flows(config: GradientFlowConfig, start: dynamics.FlowState, progress: bool
             lam, n, start, time=config.flow_time, step=config.flow_step, n_records=200, progress=progress
         )
         limit = dynamics.limit(lam, n, path.balance[0])  # each seed's own conserved balance (≈ 0)
-        U_error = torch.linalg.matrix_norm(path.U - limit.U) / torch.linalg.matrix_norm(limit.U)
         for key, value in [
             ("relative_error", path.relative_error),
             ("excess_loss", path.excess_loss),
             ("balance", path.balance),
             ("u", path.u),
             ("limit_u", limit.u),
-            ("U_error", U_error),
-            ("final_U", path.U[-1]),
         ]:
             out.setdefault(key, []).append(value)
         out.setdefault("times", [path.times])
-    stacked_first = ("final_U", "limit_u")  # (F, S, ...), not records over time
-    return {k: torch.stack(v) if k in stacked_first else torch.stack(v, dim=1) for k, v in out.items()} | {
+    # limit_u is (F, S); the rest are records over time, (T, F, S)
+    return {k: torch.stack(v) if k == "limit_u" else torch.stack(v, dim=1) for k, v in out.items()} | {
         "times": out["times"][0]
     }
 
@@ -170,13 +162,13 @@ def _flows(config: GradientFlowConfig, start: dynamics.FlowState, progress: bool
 def _test_loss(model: LinearTransformer, config: GradientFlowConfig, generator: torch.Generator):
     """Monte Carlo ½·MSE of each model and its standard error. -> 2 × (S,)."""
     lam32 = covariance(config).float().expand(config.n_seeds, config.dim, config.dim)  # (S, d, d): one per model
-    predictions, targets = [], []
-    for start in range(0, config.n_test, EVAL_CHUNK):
-        size = min(EVAL_CHUNK, config.n_test - start)
-        batch = tasks.sample_regression(size, config.n_context, lam32, generator=generator)
-        predictions.append(model.predict(batch.X, batch.y, batch.x_query))
-        targets.append(batch.y_query)
-    mse = evaluate.mse(torch.cat(predictions, -1), torch.cat(targets, -1))
+    predictions = monte_carlo_predictions(
+        config.n_test,
+        config.n_context,
+        lambda size: tasks.sample_regression(size, config.n_context, lam32, generator=generator),
+        {"model": lambda b: model.predict(b.X, b.y, b.x_query)},
+    )
+    mse = evaluate.mse(predictions["model"], predictions["target"])
     return mse.mean / 2, mse.standard_error / 2
 
 
@@ -219,16 +211,12 @@ def run(config: GradientFlowConfig, *, progress: bool = True) -> GradientFlowRes
         optimum=cpu(optimum),
         limit_u=cpu(torch.stack([dynamics.limit(lam, m).u for m in config.flow_contexts])),
         optimal_loss=cpu(torch.stack([theory.optimal_one_step_loss(lam, m) / 2 for m in config.flow_contexts])),
-        convergence_bound=cpu([dynamics.convergence_bound(lam, m, config.init_scale) for m in config.flow_contexts]),
         flow_times=cpu(flows["times"]),
         flow_relative_error=cpu(flows["relative_error"]),
         flow_excess_loss=cpu(flows["excess_loss"]),
         flow_balance=cpu(flows["balance"]),
         flow_u=cpu(flows["u"]),
         flow_limit_u=cpu(flows["limit_u"]),
-        flow_U_error=cpu(flows["U_error"]),
-        flow_final_U=cpu(flows["final_U"]),
-        inverse_error=cpu(evaluate.relative_error(torch.linalg.inv(lam).expand_as(optimum), optimum)),
         trained_steps=trained.snapshot_steps,
         trained_relative_error=cpu(evaluate.relative_error(A_history, optimum_n)),
         trained_u=cpu(u_history),
@@ -319,7 +307,6 @@ def key_arrays(result: GradientFlowResult) -> dict[str, Any]:
         "optimum": r.optimum,
         "limit_u": r.limit_u,
         "optimal_loss": r.optimal_loss,
-        "convergence_bound": r.convergence_bound,
         "flow_times": r.flow_times[::10],
         "flow_relative_error": r.flow_relative_error[::10],
         "flow_excess_loss": r.flow_excess_loss[::10],

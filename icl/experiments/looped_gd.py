@@ -35,7 +35,13 @@ import torch
 from icl import evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, positive_float_tuple, positive_int
-from icl.experiments.common import eval_chunk, fit_cached, rotated_covariances, validate_device, validate_seed
+from icl.experiments.common import (
+    fit_cached,
+    monte_carlo_predictions,
+    rotated_covariances,
+    validate_device,
+    validate_seed,
+)
 from icl.experiments.multi_step_pgd import whiten
 from icl.models import LinearTransformer
 from icl.tokens import to_tokens
@@ -285,16 +291,15 @@ def _test_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte Carlo MSE and its standard error on fresh prompts, one per model: 2 × (E,)."""
     generator = rng.streams(config.seed, config.device, part=part).eval
-    # Filled chunk by chunk into one tensor (a list of chunks fragments glibc's heap; see one_step_pgd._test_losses).
-    squared = torch.empty(covariance.shape[0], config.n_test, dtype=torch.float64, device=covariance.device)
-    chunk = eval_chunk(n)
-    for start in range(0, config.n_test, chunk):
-        size = min(chunk, config.n_test - start)
-        batch = tasks.sample_regression(
+    predictions = monte_carlo_predictions(
+        config.n_test,
+        n,
+        lambda size: tasks.sample_regression(
             size, n, covariance.float(), generator=generator, task_prior="inverse_covariance"
-        )
-        prediction = model.predict(batch.X, batch.y, batch.x_query).double()
-        squared[:, start : start + size] = (prediction - batch.y_query.double()) ** 2
+        ),
+        {"model": lambda b: model.predict(b.X, b.y, b.x_query)},
+    )
+    squared = (predictions["model"].double() - predictions["target"].double()) ** 2
     return squared.mean(-1), squared.std(-1) / squared.shape[-1] ** 0.5
 
 

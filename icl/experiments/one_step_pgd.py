@@ -22,7 +22,7 @@ import torch
 from icl import baselines, evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, one_of, positive_int
-from icl.experiments.common import downsample_curve, eval_chunk, fit_cached, validate_device, validate_seed
+from icl.experiments.common import downsample_curve, fit_cached, monte_carlo_predictions, validate_device, validate_seed
 from icl.models import LinearTransformer, add_balanced_initialisation_
 from icl.train import TrainConfig
 
@@ -165,21 +165,17 @@ def _test_losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Monte Carlo MSE and its s.e. for the model, and the MSE of the Γ* predictor, on the same prompts. -> 3 × (E,)."""
     optimal = torch.stack([theory.optimal_preconditioner(c, n) for c in covariance]).float().unsqueeze(1)
-    # Outputs allocated once and filled chunk by chunk: a list of per-chunk tensors, kept alive between each chunk's
-    # large temporaries, fragments glibc's heap (this evaluation alone once took the kernel from 0.3 to 1.1 GB).
-    shape = (covariance.shape[0], config.n_test)
-    model_predictions, optimal_predictions, targets = (torch.empty(shape, device=covariance.device) for _ in range(3))
-    chunk = eval_chunk(n)
-    for start in range(0, config.n_test, chunk):
-        size = min(chunk, config.n_test - start)
-        batch = tasks.sample_regression(size, n, covariance.float(), generator=generator)
-        model_predictions[:, start : start + size] = model.predict(batch.X, batch.y, batch.x_query)
-        optimal_predictions[:, start : start + size] = baselines.preconditioned_gd(
-            batch.X, batch.y, batch.x_query, optimal
-        )
-        targets[:, start : start + size] = batch.y_query
-    model_loss = evaluate.mse(model_predictions, targets)
-    optimal_loss = evaluate.mse(optimal_predictions, targets)
+    predictions = monte_carlo_predictions(
+        config.n_test,
+        n,
+        lambda size: tasks.sample_regression(size, n, covariance.float(), generator=generator),
+        {
+            "model": lambda b: model.predict(b.X, b.y, b.x_query),
+            "optimal": lambda b: baselines.preconditioned_gd(b.X, b.y, b.x_query, optimal),
+        },
+    )
+    model_loss = evaluate.mse(predictions["model"], predictions["target"])
+    optimal_loss = evaluate.mse(predictions["optimal"], predictions["target"])
     return model_loss.mean, model_loss.standard_error, optimal_loss.mean
 
 
