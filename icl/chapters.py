@@ -101,6 +101,14 @@ CHAPTERS: dict[str, Chapter] = {
             "exact gradient flow reaches uU = Γ⁻¹ linearly with u² − ‖U‖²_F conserved; SGD finds the product, "
             "not the factors",
         ),
+        Chapter(
+            "08_prompt_length",
+            "Prediction error against prompt length",
+            "prompt_length",
+            "Zhang, Frei, Bartlett Thm 4.2, Cor. 4.3",
+            "a trained layer's error on prompts of length M is exactly a(N)/M + b(N)/N²: longer test prompts never "
+            "remove what a short training length N left",
+        ),
     )
 }
 

@@ -295,6 +295,21 @@ class LinearTransformer(nn.Module):
         Without the E axis when ``n_models == 1``."""
         return read_out(self(to_tokens(X, y, x_query)))
 
+    def query_weights(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The weights v with ŷ = vᵀx_q of a one-layer model on each prompt's context: (E, B, d).
+
+        X: (B, n, d) and y: (B, n), shared by all members, or (E, B, n, d) and (E, B, n). The query is never a key
+        or a value, so the layer maps the query token r_q = (x_q, 0) to r_q (I + K) with K = Qᵀ G Pᵀ and
+        G = (1/n) Σ_i r_iᵀ r_i over the context, and ŷ = −(r_q K)[d]: v = −K[:d, d]. One Gram matrix per prompt
+        gives the prediction for every query (``tests/test_models.py`` checks it against :meth:`predict`).
+        """
+        if self.n_layers != 1:
+            raise ValueError(f"query_weights needs a one-layer model, this one has {self.n_layers} layers")
+        rows = torch.cat([X, y.unsqueeze(-1)], dim=-1)  # (..., B, n, d+1)
+        gram = rows.mT @ rows / rows.shape[-2]  # (..., B, d+1, d+1)
+        P, Q = (w[:, 0, None] for w in self.weights())  # (E, 1, d+1, d+1)
+        return -(Q.mT @ gram @ P.mT)[..., : self.dim, self.dim]
+
 
 def _where_active(active: torch.Tensor, updated: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
     """``updated`` for the ensemble members where ``active`` (E,) holds, ``current`` elsewhere; (E, ...) tensors."""

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icl.device import resolve_device
-from icl.experiments import full_form_gdpp, gradient_flow, looped_gd, multi_step_pgd, one_step_pgd, von_oswald_gd
+from icl.experiments import (
+    full_form_gdpp,
+    gradient_flow,
+    looped_gd,
+    multi_step_pgd,
+    one_step_pgd,
+    prompt_length,
+    von_oswald_gd,
+)
 
 PRESET_NAMES: tuple[str, ...] = ("quick", "paper")
 
@@ -140,6 +148,17 @@ REGISTRY: Mapping[str, Preset] = {
             train_steps="half the Adam steps; the product still ends within 1 % of Γ⁻¹",
             batch_size="4× smaller batches; the cosine learning-rate decay averages the extra noise",
             n_test="half the test set; the standard error is in the check",
+        ),
+    ),
+    "prompt_length": Preset(
+        config=prompt_length.PromptLengthConfig,
+        paper=dict(n_seeds=5, train_steps=4000, batch_size=4096, n_test=400_000),
+        quick=dict(n_seeds=3, train_steps=2000, batch_size=1024, n_test=100_000),
+        why_quick=dict(
+            n_seeds="3 seeds, the fewest the book's checks accept",
+            train_steps="half the Adam steps",
+            batch_size="4× smaller batches; the cosine learning-rate decay averages the extra noise",
+            n_test="a quarter of the test set: wider error bars, stated in every check",
         ),
     ),
 }

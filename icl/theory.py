@@ -75,6 +75,78 @@ def optimal_gd_step_size(covariance: torch.Tensor, n_context: int) -> torch.Tens
     return torch.trace(s2) / curvature
 
 
+# --- Error against prompt length (Zhang, Frei, Bartlett 2023, Thm 4.2 and Cor. 4.3) ------------------------------
+
+
+class PromptLengthError(NamedTuple):
+    """R(M, N) = test_term / M + train_term / N², each (...) for M (...) broadcast against N (...); test_term and
+    train_term depend on N only."""
+
+    total: torch.Tensor  # R(M, N)
+    test_term: torch.Tensor  # the coefficient of 1/M: tr Λ · tr(Γ⁻²Λ²) + tr(Γ⁻²Λ³)
+    train_term: torch.Tensor  # the coefficient of 1/N²: tr(Γ⁻²Λ³) + 2 tr Λ · tr(Γ⁻²Λ²) + (tr Λ)² tr(Γ⁻²Λ)
+    floor: torch.Tensor  # lim_{M → ∞} R(M, N) = train_term / N²: what longer test prompts never remove
+
+
+def prompt_length_error(
+    covariance: torch.Tensor, test_context: int | torch.Tensor, train_context: int | torch.Tensor
+) -> PromptLengthError:
+    """MSE of the trained one-layer LSA (preconditioner Γ⁻¹ of training length N) on test prompts of M examples,
+    on x ~ N(0, Λ), w ~ N(0, I_d), noiseless (Zhang, Frei, Bartlett 2023, Thm 4.2, averaged over w):
+
+    R(M, N) = (1/M) [tr Λ tr(Γ⁻²Λ²) + tr(Γ⁻²Λ³)] + (1/N²) [tr(Γ⁻²Λ³) + 2 tr Λ tr(Γ⁻²Λ²) + (tr Λ)² tr(Γ⁻²Λ)],
+
+    Γ = (1 + 1/N) Λ + (tr Λ / N) I. The predictor normalises by the test prompt's own 1/M. ``test_context`` M and
+    ``train_context`` N are integers or integer tensors of broadcastable shapes (...).
+
+    >>> round(prompt_length_error(torch.eye(5), 100, 20).total.item(), 4)
+    0.4438
+    """
+    lam = check_covariance(torch.as_tensor(covariance)).to(torch.float64)
+    M = _context_tensor("test_context", test_context, lam.device)
+    N = _context_tensor("train_context", train_context, lam.device)
+    M, N = torch.broadcast_tensors(M, N)
+    eigenvalues = torch.linalg.eigvalsh(lam)  # Γ is a polynomial in Λ: traces are sums over Λ's eigenvalues
+    trace = eigenvalues.sum()
+    g = (1 + 1 / N[..., None]) * eigenvalues + trace / N[..., None]  # (..., d): Γ's eigenvalues
+    moment = lambda k: (eigenvalues**k / g**2).sum(-1)  # noqa: E731  tr(Γ⁻² Λᵏ)
+    test_term = trace * moment(2) + moment(3)
+    train_term = moment(3) + 2 * trace * moment(2) + trace**2 * moment(1)
+    floor = train_term / N**2
+    return PromptLengthError(test_term / M + floor, test_term, train_term, floor)
+
+
+class PromptLengthBound(NamedTuple):
+    """Cor. 4.3's bound ε + δ on R(M, N), each (...)."""
+
+    total: torch.Tensor
+    epsilon: torch.Tensor  # (1 + 2d + d²κ) tr Λ / N², which bounds the floor b(N)/N²
+    delta: torch.Tensor  # (d + 1) tr Λ / M, which bounds the 1/M term
+
+
+def prompt_length_bound(
+    covariance: torch.Tensor, test_context: int | torch.Tensor, train_context: int | torch.Tensor
+) -> PromptLengthBound:
+    """Cor. 4.3 (Zhang, Frei, Bartlett 2023): R(M, N) ≤ ε + δ with ε = (1 + 2d + d²κ) tr Λ / N² and
+    δ = (d + 1) tr Λ / M, κ = cond(Λ). M and N broadcast as in :func:`prompt_length_error`."""
+    lam = check_covariance(torch.as_tensor(covariance)).to(torch.float64)
+    M = _context_tensor("test_context", test_context, lam.device)
+    N = _context_tensor("train_context", train_context, lam.device)
+    M, N = torch.broadcast_tensors(M, N)
+    eigenvalues = torch.linalg.eigvalsh(lam)
+    d, trace, kappa = lam.shape[0], eigenvalues.sum(), eigenvalues[-1] / eigenvalues[0]
+    epsilon = (1 + 2 * d + d**2 * kappa) * trace / N**2
+    delta = (d + 1) * trace / M
+    return PromptLengthBound(epsilon + delta, epsilon, delta)
+
+
+def _context_tensor(name: str, value: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    values = torch.as_tensor(value, device=device)
+    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool or (values < 1).any():
+        raise ValueError(f"{name} must be integers >= 1, got {value!r}")
+    return values.to(torch.float64)
+
+
 # --- L steps: exact Wishart moments -------------------------------------------------------------------------------
 
 

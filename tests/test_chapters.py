@@ -48,6 +48,16 @@ TINY = {
         "loops=(1, 2)",
     ],
     "book/07_gradient_flow": ["-p", "train_steps=5", "-p", "spectrum=(1.0, 0.5)", "-p", "flow_contexts=(4,)"],
+    "book/08_prompt_length": [
+        "-p",
+        "train_steps=5",
+        "-p",
+        "spectrum=(1.0, 0.5)",
+        "-p",
+        "train_contexts=(4,)",
+        "-p",
+        "test_contexts=(4, 8)",
+    ],
 }
 
 pytestmark = pytest.mark.notebooks

@@ -665,3 +665,26 @@ def test_loop_counts_are_validated() -> None:
         LinearTransformer(3, 3, parameterisation="sparse", looped=True, n_models=2, generator=gen(), loop_counts=(1, 2))
     with pytest.raises(ValueError, match="loop_counts"):
         LinearTransformer(3, 3, parameterisation="sparse", looped=True, n_models=2, generator=gen(), loop_counts=(0, 3))
+
+
+@pytest.mark.parametrize("parameterisation", ["full", "sparse", "eleven"])
+def test_query_weights_give_the_prediction_for_every_query(parameterisation: str) -> None:
+    """ŷ = vᵀx_q with v from the context alone, for dense random weights (every block of P and Q in play)."""
+    model = LinearTransformer(3, parameterisation=parameterisation, n_models=2, init_std=0.5, generator=gen(1))
+    model.double()
+    b = prompts(E=2, n=9)
+    v = model.query_weights(b.X, b.y)
+    assert v.shape == (2, 6, 3)
+    torch.testing.assert_close((v * b.x_query).sum(-1), model.predict(b.X, b.y, b.x_query), rtol=1e-12, atol=1e-12)
+    other = torch.randn(b.x_query.shape, generator=gen(2), dtype=F64)  # any query: the context fixes v
+    torch.testing.assert_close((v * other).sum(-1), model.predict(b.X, b.y, other), rtol=1e-12, atol=1e-12)
+    shared = prompts(E=0, n=9)  # one context for both members
+    expanded = [t.expand(2, *t.shape) for t in (shared.X, shared.y)]
+    torch.testing.assert_close(model.query_weights(shared.X, shared.y), model.query_weights(*expanded))
+
+
+def test_query_weights_need_one_layer() -> None:
+    model = LinearTransformer(3, 2, generator=gen(0))
+    b = prompts(E=1)
+    with pytest.raises(ValueError, match="one-layer"):
+        model.query_weights(b.X, b.y)

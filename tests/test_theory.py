@@ -81,6 +81,79 @@ def test_one_step_loss_equals_monte_carlo_for_a_non_symmetric_preconditioner() -
     assert abs(estimate.mean.item() - rival) > band, (estimate, rival)
 
 
+# --- R(M, N): error against prompt length (ZFB Thm 4.2) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spectrum", "train", "test", "target"),
+    [
+        ((1.0,) * 5, 20, 20, 1.1538),
+        ((1.0,) * 5, 20, 100, 0.4438),
+        ((1.0, 1.0, 0.25, 0.0625, 1.0), 10, 40, 0.5783),
+        ((3.0, 1.0, 0.5), 5, 5, 1.8571),
+    ],
+)
+def test_prompt_length_error_paper_note_numbers(spectrum: tuple[float, ...], train: int, test: int, target: float):
+    lam = torch.diag(torch.tensor(spectrum, dtype=F64))
+    assert round(theory.prompt_length_error(lam, test, train).total.item(), 4) == target
+
+
+def test_prompt_length_error_is_the_one_step_loss_of_gamma_inverse_at_the_test_length() -> None:
+    """Two derivations: Thm 4.2's decomposition, and the Wishart formula of one_step_loss with n = M."""
+    lam = rotated(7)
+    for train in (3, 10, 80):
+        for test in (1, 5, 40, 1000):
+            expected = theory.one_step_loss(theory.optimal_preconditioner(lam, train), lam, test)
+            torch.testing.assert_close(theory.prompt_length_error(lam, test, train).total, expected, rtol=1e-12, atol=0)
+
+
+def test_prompt_length_error_isotropic_form_floor_and_broadcasting() -> None:
+    d, tests, trains = 5, torch.tensor([2, 7, 50, 300]), torch.tensor([5, 20, 80])
+    r = theory.prompt_length_error(torch.eye(d), tests[:, None], trains)
+    assert r.total.shape == r.floor.shape == (4, 3)
+    gamma = 1 + (d + 1) / trains.double()
+    expected = d * (d + 1) / (tests[:, None] * gamma**2) + d * (d + 1) ** 2 / (trains**2 * gamma**2)
+    torch.testing.assert_close(r.total, expected, rtol=1e-13, atol=0)
+    torch.testing.assert_close(r.floor[0], d * (d + 1) ** 2 / (trains**2 * gamma**2), rtol=1e-13, atol=0)
+    # R(N, N) is the training optimum of the one-layer model
+    same = theory.prompt_length_error(torch.eye(d), trains, trains).total
+    torch.testing.assert_close(same, d * (d + 1) / (trains.double() + d + 1), rtol=1e-13, atol=0)
+
+
+def test_prompt_length_error_equals_monte_carlo() -> None:
+    lam, train, test = torch.diag(torch.tensor([2.0, 1.0, 1.0, 0.5, 0.25], dtype=F64)), 10, 40
+    estimate = monte_carlo_one_step(theory.optimal_preconditioner(lam, train), lam, test, seed=11)
+    predicted = theory.prompt_length_error(lam, test, train).total.item()
+    band = K_SE * estimate.standard_error.item()
+    assert abs(estimate.mean.item() - predicted) <= band, (estimate, predicted)
+    # the rival: a model that keeps its training normaliser 1/N at test time predicts M/N times too much
+    rival = theory.one_step_loss(test / train * theory.optimal_preconditioner(lam, train), lam, test).item()
+    assert abs(estimate.mean.item() - rival) > band, (estimate, rival)
+
+
+def test_corollary_4_3_bounds_the_error() -> None:
+    lam = rotated(2)
+    tests, trains = torch.tensor([5, 20, 200])[:, None], torch.tensor([5, 20, 80])
+    bound, exact = theory.prompt_length_bound(lam, tests, trains), theory.prompt_length_error(lam, tests, trains)
+    assert bound.total.shape == (3, 3)
+    assert (exact.total <= bound.total).all() and (exact.floor <= bound.epsilon).all()
+    assert (exact.test_term / tests <= bound.delta).all()
+    # for Λ = I the bound's parts exceed R's by exactly γ² = (1 + (d + 1)/N)²
+    iso, iso_bound = (
+        theory.prompt_length_error(torch.eye(5), 7, trains),
+        theory.prompt_length_bound(torch.eye(5), 7, trains),
+    )
+    torch.testing.assert_close(iso_bound.epsilon / iso.floor, (1 + 6 / trains.double()) ** 2, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_prompt_length_error_rejects_bad_lengths(bad: object) -> None:
+    with pytest.raises(ValueError, match="test_context"):
+        theory.prompt_length_error(torch.eye(3), bad, 5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="train_context"):
+        theory.prompt_length_error(torch.eye(3), 5, bad)  # type: ignore[arg-type]
+
+
 def test_one_step_loss_of_zero_is_the_trace_and_of_batches() -> None:
     covariance = rotated(6)
     assert abs(theory.one_step_loss(torch.zeros(5, 5), covariance, 7).item() - torch.trace(covariance).item()) < 1e-12

@@ -12,6 +12,7 @@ import torch
 
 from icl import rng, store, tasks
 from icl.config import positive_int
+from icl.models import LinearTransformer, add_balanced_initialisation_
 from icl.train import PromptSampler, TrainConfig, TrainResult, train
 
 EVAL_CONTEXT_EXAMPLES = 400_000
@@ -47,6 +48,15 @@ def monte_carlo_predictions(
     return out
 
 
+def query_averaged_error(weights: torch.Tensor, w: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """E over x_q ~ N(0, Σ) of (vᵀx_q − wᵀx_q)² = (v − w)ᵀ Σ (v − w), per prompt. (..., d) × 2, (d, d) -> (...).
+
+    The Monte Carlo mean of these over prompts estimates the same MSE as the squared errors on sampled queries,
+    with the query's share of the variance removed (Rao–Blackwell)."""
+    delta = (weights - w).double()
+    return ((delta @ covariance.double()) * delta).sum(-1)
+
+
 def validate_seed(seed: object) -> int:
     """A seed is an integer >= 0."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -68,6 +78,18 @@ def rotated_covariances(spectrum: tuple[float, ...], n_seeds: int, *, seed: int,
     return torch.stack([tasks.covariance_from_spectrum(eigenvalues, generator=generator) for _ in range(n_seeds)]).to(
         device
     )
+
+
+def balanced_one_layer(
+    dim: int, n_models: int, *, scale: float, init_std: float, generator: torch.Generator
+) -> LinearTransformer:
+    """``n_models`` one-layer full models at Zhang, Frei and Bartlett's balanced start of scale ``scale`` (one Θ per
+    model), every other entry N(0, init_std²): the start of chapters 07 and 08."""
+    model = LinearTransformer(
+        dim, 1, parameterisation="full", n_models=n_models, init_std=init_std, generator=generator
+    )
+    add_balanced_initialisation_(model, scale, generator=generator)
+    return model
 
 
 def fit_cached(

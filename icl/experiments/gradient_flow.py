@@ -25,8 +25,14 @@ import torch
 from icl import dynamics, evaluate, rng, store, tasks, theory
 from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, one_of, positive_float_tuple, positive_int
-from icl.experiments.common import fit_cached, monte_carlo_predictions, validate_device, validate_seed
-from icl.models import LinearTransformer, add_balanced_initialisation_
+from icl.experiments.common import (
+    balanced_one_layer,
+    fit_cached,
+    monte_carlo_predictions,
+    validate_device,
+    validate_seed,
+)
+from icl.models import LinearTransformer
 from icl.train import OPTIMISERS, TrainConfig
 
 NAME = "gradient_flow"
@@ -115,16 +121,13 @@ def covariance(config: GradientFlowConfig) -> torch.Tensor:
 
 def _start(config: GradientFlowConfig) -> tuple[LinearTransformer, dynamics.FlowState]:
     """The S models to train, at their balanced start, and that start as flow states (U (S, d, d), u (S,))."""
-    streams = rng.streams(config.seed, config.device)
-    model = LinearTransformer(
+    model = balanced_one_layer(
         config.dim,
-        1,
-        parameterisation="full",
-        n_models=config.n_seeds,
+        config.n_seeds,
+        scale=config.init_scale,
         init_std=config.init_std,
-        generator=streams.init,
+        generator=rng.streams(config.seed, config.device).init,
     )
-    add_balanced_initialisation_(model, config.init_scale, generator=streams.init)
     return model, _factors(model)
 
 
