@@ -1,6 +1,7 @@
 """A plain training loop: fresh prompts every step, Adam, a cosine learning-rate decay.
 
-The loop knows nothing of the model beyond ``model(Z)`` and :func:`icl.tokens.read_out`. With an
+The loop knows nothing of the model beyond its ``objective`` (by default :func:`query_loss`, ``model(Z)`` read by
+:func:`icl.tokens.read_out`). With an
 ensemble of E models the objective is the *sum* of their mean squared errors: Adam's update is
 elementwise, so each model trains exactly as it would alone (no global gradient clipping).
 
@@ -28,6 +29,14 @@ from icl.tokens import read_out, to_tokens
 PromptSampler = Callable[[torch.Generator], RegressionBatch]
 OPTIMISERS: tuple[str, ...] = ("adam", "sgd")
 """Draws one training batch: X (E, B, n, d), y (E, B, n), x_query (E, B, d), y_query (E, B)."""
+Objective = Callable[[torch.nn.Module, RegressionBatch], torch.Tensor]
+"""A model's training loss on a batch, one value per ensemble member: (E,)."""
+
+
+def query_loss(model: torch.nn.Module, batch: RegressionBatch) -> torch.Tensor:
+    """The MSE of the prediction at the query, read from the canonical tokens (the linear transformers'). -> (E,)."""
+    predictions = read_out(model(to_tokens(batch.X, batch.y, batch.x_query)))
+    return ((predictions - batch.y_query) ** 2).mean(-1)
 
 
 @dataclass(frozen=True)
@@ -84,8 +93,10 @@ def train(
     progress: bool = True,
     description: str = "training",
     snapshot_every: int | None = None,
+    objective: Objective = query_loss,
 ) -> TrainResult:
-    """Train ``model`` in place on fresh prompts from ``sample(generator)``; returns the loss curves.
+    """Train ``model`` in place on fresh prompts from ``sample(generator)``, minimising the sum over the members of
+    ``objective(model, batch)``; returns the loss curves.
 
     If ``checkpoint`` exists it is loaded and training resumes from its step (the caller keys the path
     by the run's configuration, so a checkpoint is never shared between different runs). The last
@@ -134,8 +145,7 @@ def train(
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(step)
         batch = sample(generator)
-        predictions = read_out(model(to_tokens(batch.X, batch.y, batch.x_query)))
-        per_model = ((predictions - batch.y_query) ** 2).mean(-1)  # (E,)
+        per_model = objective(model, batch)  # (E,)
         optimiser.zero_grad(set_to_none=True)
         per_model.sum().backward()
         if config.clip_norm is not None:

@@ -120,7 +120,7 @@ def test_lsa_layer_weight_gradients_when_the_tokens_are_data() -> None:
 @pytest.mark.parametrize("d", [2, 12])
 def test_both_routes_of_the_layer_match_the_literal_formula(route: str, d: int, monkeypatch) -> None:
     """The layer forms K = Qᵀ G Pᵀ through Q ⊗ Pᵀ up to a width, directly above it: both, at both sizes."""
-    from icl.models import _LSALayer
+    from icl.models.linear import _LSALayer
 
     monkeypatch.setattr(_LSALayer, "KRONECKER_MAX_WIDTH", 10**6 if route == "kronecker" else 0)
     E, B, n = 2, 3, 5

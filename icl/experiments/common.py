@@ -13,7 +13,7 @@ import torch
 from icl import rng, store, tasks
 from icl.config import positive_int
 from icl.models import LinearTransformer, add_balanced_initialisation_
-from icl.train import PromptSampler, TrainConfig, TrainResult, train
+from icl.train import Objective, PromptSampler, TrainConfig, TrainResult, query_loss, train
 
 EVAL_CONTEXT_EXAMPLES = 400_000
 
@@ -104,6 +104,7 @@ def fit_cached(
     progress: bool,
     description: str = "",
     snapshot_every: int | None = None,
+    objective: Objective = query_loss,
 ) -> TrainResult:
     """Train ``model`` in place, or load its trained weights from the store; returns the loss curves (steps, E)
     and, with ``snapshot_every``, the parameters over training (see :class:`icl.train.TrainResult`).
@@ -125,6 +126,7 @@ def fit_cached(
             progress=progress,
             description=description or part,
             snapshot_every=snapshot_every,
+            objective=objective,
         )
         return {"state": model.state_dict(), **result._asdict()}
 

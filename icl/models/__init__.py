@@ -1,0 +1,21 @@
+"""The book's models: linear self-attention transformers in the canonical form (:mod:`icl.models.linear`) and a small
+GPT-2-style softmax transformer on interleaved tokens (:mod:`icl.models.softmax`)."""
+
+from icl.models.linear import (
+    PARAMETERISATIONS,
+    LinearTransformer,
+    Parameterisation,
+    add_balanced_initialisation_,
+    lsa_layer,
+)
+from icl.models.softmax import SoftmaxTransformer, all_prefix_loss
+
+__all__ = [
+    "PARAMETERISATIONS",
+    "LinearTransformer",
+    "Parameterisation",
+    "SoftmaxTransformer",
+    "add_balanced_initialisation_",
+    "all_prefix_loss",
+    "lsa_layer",
+]
