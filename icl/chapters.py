@@ -109,6 +109,14 @@ CHAPTERS: dict[str, Chapter] = {
             "a trained layer's error on prompts of length M is exactly a(N)/M + b(N)/N²: longer test prompts never "
             "remove what a short training length N left",
         ),
+        Chapter(
+            "09_distribution_shift",
+            "Distribution shift: what a trained linear transformer tolerates, and what breaks it",
+            "distribution_shift",
+            "Zhang, Frei, Bartlett Sec. 4.2–4.3, Thm 4.5",
+            "noisy labels and orthogonal queries are tolerated, scaled covariates are not (least squares is); random "
+            "covariances lead to a different limit",
+        ),
     )
 }
 

@@ -146,3 +146,40 @@ def sample_regression(
         y_query=rows[..., n_context, dim],
         w=w,
     )
+
+
+def sample_random_diagonal_regression(
+    n_prompts: int,
+    n_context: int,
+    dim: int,
+    *,
+    generator: torch.Generator,
+    lead: tuple[int, ...] = (),
+    scale: float = 1.0,
+    noise_std: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[RegressionBatch, torch.Tensor]:
+    """Prompts that each have their own covariance Λ_τ = scale · diag(λ_τ), λ_τ with i.i.d. Exp(1) entries (Zhang,
+    Frei and Bartlett 2023, Thm 4.5 and Fig. 1); x = √(scale λ_τ) ⊙ ε, w ~ N(0, I_d), y = ⟨w, x⟩ + σ·ε.
+
+    Returns the batch (shapes of :func:`sample_regression` with the leading axes ``lead``, e.g. (E,) for an ensemble)
+    and the variances scale · λ_τ: (*lead, B, d).
+    """
+    n_prompts = positive_int("n_prompts", n_prompts)
+    n_context = positive_int("n_context", n_context)
+    dim = positive_int("dim", dim)
+    scale = finite_float("scale", scale, minimum=0.0, strict=True)
+    noise_std = finite_float("noise_std", noise_std, minimum=0.0)
+    lead = tuple(positive_int(f"lead[{i}]", size) for i, size in enumerate(lead))
+    device = generator.device
+    variances = scale * torch.empty(*lead, n_prompts, dim, device=device, dtype=dtype).exponential_(generator=generator)
+    raw = torch.randn(*lead, n_prompts, n_context + 1, dim, generator=generator, device=device, dtype=dtype)
+    x = raw * variances.sqrt().unsqueeze(-2)
+    w = torch.randn(*lead, n_prompts, dim, generator=generator, device=device, dtype=dtype)
+    y = (x @ w.unsqueeze(-1)).squeeze(-1)
+    if noise_std > 0:
+        y = y + noise_std * torch.randn(y.shape, generator=generator, device=device, dtype=dtype)
+    batch = RegressionBatch(
+        X=x[..., :n_context, :], y=y[..., :n_context], x_query=x[..., n_context, :], y_query=y[..., n_context], w=w
+    )
+    return batch, variances

@@ -37,25 +37,36 @@ def optimal_preconditioner(covariance: torch.Tensor, n_context: int) -> torch.Te
     return torch.linalg.inv(gamma)
 
 
-def one_step_loss(preconditioner: torch.Tensor, covariance: torch.Tensor, n_context: int) -> torch.Tensor:
-    """Population MSE of one preconditioned GD step from w = 0, ŷ = x_qᵀ A (1/n) Σ y_i x_i, on
-    x ~ N(0, Σ), w ~ N(0, I_d), noiseless:
+def one_step_loss(
+    preconditioner: torch.Tensor,
+    covariance: torch.Tensor,
+    n_context: int,
+    *,
+    query_covariance: torch.Tensor | None = None,
+    noise_variance: float = 0.0,
+) -> torch.Tensor:
+    """Population MSE of one preconditioned GD step from w = 0, ŷ = x_qᵀ A h with h = (1/n) Σ y_i x_i, on context
+    covariates x_i ~ N(0, Σ), w ~ N(0, I_d), y = ⟨w, x⟩ + ε with Var ε = σ² (``noise_variance``, labels of the
+    context and of the query alike), and the query x_q ~ N(0, Σ_q) (``query_covariance``; default Σ):
 
-    f(A) = tr Σ − 2 tr(AΣ²) + (1 + 1/n) tr(AᵀΣAΣ²) + (1/n) tr(AᵀΣAΣ) tr Σ,
+    f(A) = tr(Σ_q [A S Aᵀ − AΣ − ΣAᵀ + I]) + σ² [1 + tr(AᵀΣ_q AΣ) / n],   S = E hhᵀ = (1 + 1/n) Σ² + (tr Σ / n) Σ,
 
-    from the Wishart identity E[Ŝ M Ŝ] = (1 + 1/n) Σ M Σ + (1/n) tr(MΣ) Σ. preconditioner: (..., d, d) -> (...).
+    from the Wishart identity E[Ŝ M Ŝ] = (1 + 1/n) Σ M Σ + (1/n) tr(MΣ) Σ. With Σ_q = Σ and σ = 0 it is
+    tr Σ − 2 tr(AΣ²) + (1 + 1/n) tr(AᵀΣAΣ²) + (1/n) tr(AᵀΣAΣ) tr Σ. A covariate shift at test time (Zhang, Frei,
+    Bartlett 2023, Sec. 4.2) is ``covariance = query_covariance = Σ_test`` with A trained elsewhere.
+    preconditioner: (..., d, d) -> (...).
     """
     covariance, n = _prepare(covariance, n_context)
+    query = covariance if query_covariance is None else check_covariance(torch.as_tensor(query_covariance))
+    query = query.to(torch.float64)
+    noise_variance = finite_float("noise_variance", noise_variance, minimum=0.0)
     A = torch.as_tensor(preconditioner).to(torch.float64)
-    s2 = covariance @ covariance
-    quadratic = A.mT @ covariance @ A  # AᵀΣA
+    eye = torch.eye(covariance.shape[0], dtype=torch.float64, device=covariance.device)
+    second = (1 + 1 / n) * covariance @ covariance + torch.trace(covariance) / n * covariance  # S
     trace = lambda M: torch.diagonal(M, dim1=-2, dim2=-1).sum(-1)  # noqa: E731
-    return (
-        torch.trace(covariance)
-        - 2 * trace(A @ s2)
-        + (1 + 1 / n) * trace(quadratic @ s2)
-        + trace(quadratic @ covariance) * torch.trace(covariance) / n
-    )
+    error = A @ second @ A.mT - A @ covariance - covariance @ A.mT + eye
+    noise = noise_variance * (1 + trace(A.mT @ query @ A @ covariance) / n)
+    return trace(query @ error) + noise
 
 
 def optimal_one_step_loss(covariance: torch.Tensor, n_context: int) -> torch.Tensor:
@@ -145,6 +156,33 @@ def _context_tensor(name: str, value: int | torch.Tensor, device: torch.device) 
     if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool or (values < 1).any():
         raise ValueError(f"{name} must be integers >= 1, got {value!r}")
     return values.to(torch.float64)
+
+
+# --- Distribution shift (Zhang, Frei, Bartlett 2023, Sec. 4.2–4.3) ----------------------------------------------
+
+
+def least_squares_noise_error(dim: int, n_context: int, noise_variance: float) -> float:
+    """MSE of least squares on n > d + 1 noisy Gaussian examples, query and labels alike noisy:
+    σ² (1 + d / (n − d − 1)), for any covariance and any w (E (XᵀX)⁻¹ = Σ⁻¹ / (n − d − 1), inverse Wishart)."""
+    d, n = positive_int("dim", dim), positive_int("n_context", n_context)
+    if n <= d + 1:
+        raise ValueError(f"n_context must exceed dim + 1 = {d + 1} for a finite error, got {n}")
+    return finite_float("noise_variance", noise_variance, minimum=0.0) * (1 + d / (n - d - 1))
+
+
+def random_diagonal_limit(dim: int, n_context: int, moments: tuple[float, float, float] = (1.0, 2.0, 6.0)) -> float:
+    """The limit uU → a·I of gradient flow when every prompt has its own Λ_τ = diag(λ_τ), λ_τ with i.i.d. entries
+    of moments E λ, E λ², E λ³ = ``moments`` (Exp(1): 1, 2, 6) (Zhang, Frei, Bartlett 2023, Thm 4.5: the limit is
+    (E[Γ_τ Λ_τ²])⁻¹ E[Λ_τ²], Γ_τ = (1 + 1/N) Λ_τ + (tr Λ_τ / N) I):
+
+    a = m₂ / ((1 + 1/N) m₃ + (m₃ + (d − 1) m₁ m₂) / N).
+
+    >>> round(random_diagonal_limit(5, 20), 4)  # 2N / (6N + 2d + 10) for Exp(1)
+    0.2857
+    """
+    d, n = positive_int("dim", dim), positive_int("n_context", n_context)
+    m1, m2, m3 = (finite_float(f"moments[{i}]", m, minimum=0.0, strict=True) for i, m in enumerate(moments))
+    return m2 / ((1 + 1 / n) * m3 + (m3 + (d - 1) * m1 * m2) / n)
 
 
 # --- L steps: exact Wishart moments -------------------------------------------------------------------------------

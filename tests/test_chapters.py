@@ -58,6 +58,16 @@ TINY = {
         "-p",
         "test_contexts=(4, 8)",
     ],
+    "book/09_distribution_shift": [
+        "-p",
+        "train_steps=5",
+        "-p",
+        "spectrum=(1.0, 1.0)",
+        "-p",
+        "scales=(0.5, 2.0)",
+        "-p",
+        "noise_stds=(0.0, 1.0)",
+    ],
 }
 
 pytestmark = pytest.mark.notebooks

@@ -71,8 +71,8 @@ def test_configs_are_frozen_and_hashable() -> None:
         (
             lambda: presets.get("nope", "quick"),
             r"unknown experiment 'nope'; choose one of "
-            r"\['full_form_gdpp', 'gradient_flow', 'looped_gd', 'multi_step_pgd', 'one_step_pgd', 'prompt_length', "
-            r"'von_oswald_gd'\]",
+            r"\['distribution_shift', 'full_form_gdpp', 'gradient_flow', 'looped_gd', 'multi_step_pgd', "
+            r"'one_step_pgd', 'prompt_length', 'von_oswald_gd'\]",
         ),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=5), r"unknown parameter 'n_ctx' for one_step_pgd"),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=None), r"unknown parameter 'n_ctx'"),

@@ -243,3 +243,30 @@ def test_uniform_covariates_are_von_oswalds() -> None:
     torch.testing.assert_close(batch.y, (batch.X * batch.w[:, None, :]).sum(-1))
     with pytest.raises(ValueError, match="covariate_law"):
         tasks.sample_regression(2, 3, torch.eye(2), generator=g, covariate_law="laplace")
+
+
+def test_random_diagonal_prompts_have_their_own_covariance() -> None:
+    g = torch.Generator().manual_seed(0)
+    batch, variances = tasks.sample_random_diagonal_regression(
+        4000, 30, 3, generator=g, lead=(2,), scale=2.0, dtype=torch.float64
+    )
+    assert batch.X.shape == (2, 4000, 30, 3) and batch.x_query.shape == (2, 4000, 3) and variances.shape == (2, 4000, 3)
+    # each prompt's x has its own variances: x² / λ has mean 1 over the prompt and over prompts
+    standardised = torch.cat([batch.X, batch.x_query.unsqueeze(-2)], -2) ** 2 / variances.unsqueeze(-2)
+    assert abs(standardised.mean().item() - 1) < 0.01
+    assert abs(variances.mean().item() - 2.0) < 0.05  # scale · E Exp(1)
+    assert abs((variances / 2).var().item() - 1.0) < 0.1  # Var Exp(1) = 1
+    torch.testing.assert_close(batch.y, (batch.X @ batch.w.unsqueeze(-1)).squeeze(-1))
+    noisy, _ = tasks.sample_random_diagonal_regression(20_000, 2, 3, generator=g, noise_std=0.5, dtype=torch.float64)
+    residual = noisy.y - (noisy.X @ noisy.w.unsqueeze(-1)).squeeze(-1)
+    assert abs(residual.std().item() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"scale": 0.0}, "scale"), ({"noise_std": -1.0}, "noise_std"), ({"lead": (0,)}, "lead"), ({"dim": 0}, "dim")],
+)
+def test_random_diagonal_bad_input(kwargs: dict, name: str) -> None:
+    arguments = dict(n_prompts=4, n_context=3, dim=2) | kwargs
+    with pytest.raises(ValueError, match=name):
+        tasks.sample_random_diagonal_regression(**arguments, generator=torch.Generator())

@@ -81,6 +81,74 @@ def test_one_step_loss_equals_monte_carlo_for_a_non_symmetric_preconditioner() -
     assert abs(estimate.mean.item() - rival) > band, (estimate, rival)
 
 
+# --- Distribution shift (ZFB Sec. 4.2–4.3) -----------------------------------------------------------------------
+
+
+def test_covariate_shift_is_the_paper_notes_formula() -> None:
+    """With A = Γ⁻¹ from training (N, Λ) and test covariates x ~ N(0, Λ_t): tr[(Γ⁻¹Λ_t − I)ᵀ Λ_t (Γ⁻¹Λ_t − I)]
+    + (1/M)[tr Λ_t tr(Λ_t Γ⁻¹ Λ_t Γ⁻¹) + tr(Λ_t Γ⁻¹ Λ_t Γ⁻¹ Λ_t)], an independent expression."""
+    lam, shifted, N, M = rotated(1), rotated(2) * 1.7, 10, 15
+    G = theory.optimal_preconditioner(lam, N)
+    eye = torch.eye(5, dtype=F64)
+    bias = G @ shifted - eye
+    expected = (
+        torch.trace(bias.T @ shifted @ bias)
+        + (
+            torch.trace(shifted) * torch.trace(shifted @ G @ shifted @ G)
+            + torch.trace(shifted @ G @ shifted @ G @ shifted)
+        )
+        / M
+    )
+    torch.testing.assert_close(theory.one_step_loss(G, shifted, M), expected, rtol=1e-12, atol=0)
+
+
+def test_covariate_scaling_limit() -> None:
+    """x scaled by c at test time, N, M → ∞: ŷ → c²⟨w, x_q⟩, error (c² − 1)² c² tr Λ."""
+    lam = torch.diag(torch.tensor([2.0, 1.0, 0.5], dtype=F64))
+    for c in (0.25, 0.5, 2.0, 4.0):
+        error = theory.one_step_loss(theory.optimal_preconditioner(lam, 10**9), c**2 * lam, 10**9).item()
+        assert error == pytest.approx((c**2 - 1) ** 2 * c**2 * 3.5, rel=1e-6)
+
+
+def test_shifted_one_step_loss_equals_monte_carlo_with_noise_and_a_query_shift() -> None:
+    lam, query, n, sigma = rotated(3), rotated(4) * 0.6, 12, 0.7
+    A = theory.optimal_preconditioner(lam, n) + 0.2 * torch.randn(5, 5, generator=gen(5), dtype=F64)
+    g, errors = gen(6), []
+    for _ in range(4):
+        b = tasks.sample_regression(50_000, n, lam, generator=g, dtype=F64, noise_std=sigma)
+        x_query = tasks.sample_regression(50_000, 1, query, generator=g, dtype=F64).x_query
+        y_query = (b.w * x_query).sum(-1) + sigma * torch.randn(50_000, generator=g, dtype=F64)
+        errors.append(baselines.preconditioned_gd(b.X, b.y, x_query, A) - y_query)
+    estimate = evaluate.mse(torch.cat(errors), torch.zeros(200_000, dtype=F64))
+    predicted = theory.one_step_loss(A, lam, n, query_covariance=query, noise_variance=sigma**2).item()
+    band = K_SE * estimate.standard_error.item()
+    assert abs(estimate.mean.item() - predicted) <= band, (estimate, predicted)
+    without_noise = theory.one_step_loss(A, lam, n, query_covariance=query).item()
+    assert abs(estimate.mean.item() - without_noise) > band
+
+
+def test_least_squares_noise_error_equals_monte_carlo() -> None:
+    lam, n, sigma = rotated(7), 20, 0.5
+    b = tasks.sample_regression(200_000, n, lam, generator=gen(8), dtype=F64, noise_std=sigma)
+    errors = baselines.least_squares(b.X, b.y, b.x_query) - b.y_query
+    estimate = evaluate.mse(errors, torch.zeros_like(errors))
+    predicted = theory.least_squares_noise_error(5, n, sigma**2)
+    assert predicted == pytest.approx(0.25 * (1 + 5 / 14))
+    assert abs(estimate.mean.item() - predicted) <= K_SE * estimate.standard_error.item(), (estimate, predicted)
+    with pytest.raises(ValueError, match="n_context"):
+        theory.least_squares_noise_error(5, 6, 1.0)
+
+
+def test_random_diagonal_limit_equals_its_expectations() -> None:
+    """(E[Γ_τ Λ_τ²])⁻¹ E[Λ_τ²] by Monte Carlo over Exp(1) spectra against the closed form."""
+    d, N = 5, 20
+    lam = torch.empty(2_000_000, d, dtype=F64).exponential_(generator=gen(9))
+    gamma = (1 + 1 / N) * lam + lam.sum(-1, keepdim=True) / N
+    estimate = (lam**2).mean(0) / (gamma * lam**2).mean(0)  # the matrices are diagonal
+    assert (estimate - theory.random_diagonal_limit(d, N)).abs().max() < 0.003
+    assert theory.random_diagonal_limit(d, N) == pytest.approx(2 * N / (6 * N + 2 * d + 10))
+
+
 # --- R(M, N): error against prompt length (ZFB Thm 4.2) ---------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ evaluation in chunks."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +49,19 @@ def monte_carlo_predictions(
     return out
 
 
+def checked_query_weights(model: LinearTransformer, batch: tasks.RegressionBatch) -> torch.Tensor:
+    """The weights v (ŷ = vᵀx_q) of every member of a one-layer model on each prompt of a batch shared by the members
+    (X (B, n, d)): (E, B, d), from :meth:`~icl.models.LinearTransformer.query_weights`, after checking them against
+    the model's forward pass on the batch's own queries."""
+    E = model.n_models
+    weights = model.query_weights(batch.X, batch.y)  # (E, B, d)
+    expand = lambda t: t.expand(E, *t.shape)  # noqa: E731
+    forward = model.predict(expand(batch.X), expand(batch.y), expand(batch.x_query))
+    if not torch.allclose(forward, (weights * batch.x_query).sum(-1), rtol=1e-4, atol=1e-4):
+        raise RuntimeError("the model's forward pass disagrees with its query weights")
+    return weights
+
+
 def query_averaged_error(weights: torch.Tensor, w: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
     """E over x_q ~ N(0, Σ) of (vᵀx_q − wᵀx_q)² = (v − w)ᵀ Σ (v − w), per prompt. (..., d) × 2, (d, d) -> (...).
 
@@ -55,6 +69,11 @@ def query_averaged_error(weights: torch.Tensor, w: torch.Tensor, covariance: tor
     with the query's share of the variance removed (Rao–Blackwell)."""
     delta = (weights - w).double()
     return ((delta @ covariance.double()) * delta).sum(-1)
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of per-prompt values (..., B) and its standard error, each (...)."""
+    return values.mean(-1), values.std(-1) / math.sqrt(values.shape[-1])
 
 
 def validate_seed(seed: object) -> int:

@@ -14,7 +14,6 @@ Shapes in the result: ``M`` test lengths, ``N`` training lengths, ``S`` seeds.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -27,7 +26,9 @@ from icl.checks import ClaimChecks
 from icl.config import finite_float, int_tuple, positive_float_tuple, positive_int
 from icl.experiments.common import (
     balanced_one_layer,
+    checked_query_weights,
     fit_cached,
+    mean_and_se,
     monte_carlo_predictions,
     query_averaged_error,
     validate_device,
@@ -139,20 +140,9 @@ def _train(config: PromptLengthConfig, index: int, n: int, progress: bool) -> tu
 
 def _model_errors(model: LinearTransformer, batch: tasks.RegressionBatch, lam: torch.Tensor, ratio: float):
     """Query-averaged errors (S, B) of the S models on the batch at its own 1/M, and with 1/N kept (the prediction
-    × M/N = ``ratio``): (2, S, B). The weights v (ŷ = vᵀx_q) come from each prompt's context; the models' forward
-    pass on the batch's own queries must agree with them."""
-    S = model.n_models
-    weights = model.query_weights(batch.X, batch.y)  # (S, B, d)
-    expand = lambda t: t.expand(S, *t.shape)  # noqa: E731
-    forward = model.predict(expand(batch.X), expand(batch.y), expand(batch.x_query))
-    if not torch.allclose(forward, (weights * batch.x_query).sum(-1), rtol=1e-4, atol=1e-4):
-        raise RuntimeError("the model's forward pass disagrees with its query weights")
+    × M/N = ``ratio``): (2, S, B)."""
+    weights = checked_query_weights(model, batch)  # (S, B, d)
     return torch.stack([query_averaged_error(v, batch.w, lam) for v in (weights, ratio * weights)])
-
-
-def _mean_and_se(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of per-prompt values (B,) and its standard error."""
-    return values.mean(), values.std() / math.sqrt(values.numel())
 
 
 def run(config: PromptLengthConfig, *, progress: bool = True) -> PromptLengthResult:
@@ -188,8 +178,8 @@ def run(config: PromptLengthConfig, *, progress: bool = True) -> PromptLengthRes
         for j, n in enumerate(trains):
             per_seed, at_fixed = out[f"model{n}"]  # (S, B) each
             trained_error[i, j] = per_seed.mean(-1)
-            trained_mean[i, j], trained_se[i, j] = _mean_and_se(per_seed.mean(0))
-            theorem_error[i, j], theorem_se[i, j] = _mean_and_se(out[f"theorem{n}"])
+            trained_mean[i, j], trained_se[i, j] = mean_and_se(per_seed.mean(0))
+            theorem_error[i, j], theorem_se[i, j] = mean_and_se(out[f"theorem{n}"])
             fixed[i, j] = at_fixed.mean()
 
     M = torch.tensor(tests)[:, None]
