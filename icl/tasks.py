@@ -183,3 +183,20 @@ def sample_random_diagonal_regression(
         X=x[..., :n_context, :], y=y[..., :n_context], x_query=x[..., n_context, :], y_query=y[..., n_context], w=w
     )
     return batch, variances
+
+
+def restrict_dimensions(batch: RegressionBatch, active: int) -> RegressionBatch:
+    """The batch with every coordinate of x from ``active`` on set to 0 and the labels recomputed to match:
+    y − ⟨w[active:], x[active:]⟩, so label noise is kept (Garg et al.'s curriculum trains on such prompts first).
+    The task vectors w keep all their coordinates."""
+    dim = batch.X.shape[-1]
+    active = positive_int("active", active)
+    if active > dim:
+        raise ValueError(f"active must be at most the dimension {dim}, got {active}")
+    keep = torch.arange(dim, device=batch.X.device) < active
+    dropped_w = batch.w * ~keep  # (..., B, d): the part of w the removed coordinates multiplied
+    X = batch.X * keep
+    x_query = batch.x_query * keep
+    y = batch.y - (batch.X @ dropped_w.unsqueeze(-1)).squeeze(-1)
+    y_query = batch.y_query - (batch.x_query * dropped_w).sum(-1)
+    return RegressionBatch(X=X, y=y, x_query=x_query, y_query=y_query, w=batch.w)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from icl.config import finite_float, one_of, positive_int
 from icl.store import atomic_torch_save
-from icl.tasks import RegressionBatch
+from icl.tasks import RegressionBatch, restrict_dimensions
 from icl.tokens import read_out, to_tokens
 
 PromptSampler = Callable[[torch.Generator], RegressionBatch]
@@ -51,6 +51,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     clip_norm: float | None = None  # per model and parameter: each (E, ...) slice's gradient norm capped here
     optimiser: str = "adam"  # "adam", or "sgd": plain stochastic gradient descent (``betas`` unused)
+    # Garg et al.'s curriculum on the dimension: with ``curriculum_start_dim`` set, step t trains on x with only its
+    # first curriculum_start_dim + t // curriculum_every coordinates non-zero (tasks.restrict_dimensions), up to all.
+    curriculum_start_dim: int | None = None
+    curriculum_every: int = 2000
 
     def __post_init__(self) -> None:
         positive_int("train_steps", self.steps)
@@ -62,6 +66,15 @@ class TrainConfig:
         positive_int("checkpoint_every", self.checkpoint_every)
         if self.clip_norm is not None:
             finite_float("clip_norm", self.clip_norm, minimum=0.0, strict=True)
+        if self.curriculum_start_dim is not None:
+            positive_int("curriculum_start_dim", self.curriculum_start_dim)
+        positive_int("curriculum_every", self.curriculum_every)
+
+    def active_dims(self, step: int, dim: int) -> int:
+        """How many leading coordinates of x step ``step`` (0-based) trains on: all ``dim`` without a curriculum."""
+        if self.curriculum_start_dim is None:
+            return dim
+        return min(dim, self.curriculum_start_dim + step // self.curriculum_every)
 
     def learning_rate_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based)."""
@@ -145,6 +158,9 @@ def train(
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(step)
         batch = sample(generator)
+        active = config.active_dims(step, batch.X.shape[-1])
+        if active < batch.X.shape[-1]:
+            batch = restrict_dimensions(batch, active)
         per_model = objective(model, batch)  # (E,)
         optimiser.zero_grad(set_to_none=True)
         per_model.sum().backward()

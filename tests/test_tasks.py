@@ -270,3 +270,20 @@ def test_random_diagonal_bad_input(kwargs: dict, name: str) -> None:
     arguments = dict(n_prompts=4, n_context=3, dim=2) | kwargs
     with pytest.raises(ValueError, match=name):
         tasks.sample_random_diagonal_regression(**arguments, generator=torch.Generator())
+
+
+def test_restrict_dimensions_zeroes_the_trailing_coordinates_and_keeps_the_noise() -> None:
+    g = torch.Generator().manual_seed(2)
+    batch = tasks.sample_regression(
+        50, 7, torch.eye(4, dtype=torch.float64), generator=g, dtype=torch.float64, noise_std=0.3
+    )
+    restricted = tasks.restrict_dimensions(batch, 2)
+    assert (restricted.X[..., 2:] == 0).all() and (restricted.x_query[..., 2:] == 0).all()
+    torch.testing.assert_close(restricted.X[..., :2], batch.X[..., :2])
+    noise = batch.y - (batch.X @ batch.w.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(restricted.y, (restricted.X @ batch.w.unsqueeze(-1)).squeeze(-1) + noise)
+    query_noise = batch.y_query - (batch.x_query * batch.w).sum(-1)
+    torch.testing.assert_close(restricted.y_query, (restricted.x_query * batch.w).sum(-1) + query_noise)
+    torch.testing.assert_close(tasks.restrict_dimensions(batch, 4).y, batch.y)
+    with pytest.raises(ValueError, match="active"):
+        tasks.restrict_dimensions(batch, 5)

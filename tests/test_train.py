@@ -153,6 +153,8 @@ def test_the_schedule_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
         (dict(final_learning_rate_fraction=-0.1), "final_learning_rate_fraction"),
         (dict(checkpoint_every=0), "checkpoint_every"),
         (dict(optimiser="lbfgs"), "optimiser"),
+        (dict(curriculum_start_dim=0), "curriculum_start_dim"),
+        (dict(curriculum_every=0), "curriculum_every"),
     ],
 )
 def test_config_validation_names_the_parameter(kwargs: dict, name: str) -> None:
@@ -228,3 +230,34 @@ def test_sgd_takes_plain_gradient_steps_per_model() -> None:
     )
     for start, gradient, after in zip(before, gradients, model.parameters(), strict=True):
         torch.testing.assert_close(after.detach(), start - 0.05 * gradient)
+
+
+def test_the_curriculum_grows_the_active_dimensions_and_survives_a_resume(tmp_path: Path) -> None:
+    """Garg et al.'s curriculum: step t sees x with start + t // every non-zero coordinates, up to all of them."""
+    config = TrainConfig(steps=7, learning_rate=1e-3, curriculum_start_dim=1, curriculum_every=3, checkpoint_every=2)
+    assert [config.active_dims(t, D) for t in range(8)] == [1, 1, 1, 2, 2, 2, 3, 3]
+    assert TrainConfig(steps=7).active_dims(0, D) == D
+    seen: list[int] = []
+
+    def objective(m: torch.nn.Module, batch: tasks.RegressionBatch) -> torch.Tensor:
+        seen.append(int((batch.X.abs().sum((0, 1, 2)) > 0).sum()))  # non-zero coordinates of this step's x
+        predictions = read_out(m(to_tokens(batch.X, batch.y, batch.x_query)))
+        return ((predictions - batch.y_query) ** 2).mean(-1)
+
+    train(model(), sampler, config, generator=gen(5), progress=False, objective=objective)
+    assert seen == [1, 1, 1, 2, 2, 2, 3]
+    seen.clear()  # a run killed after step 4 resumes with the curriculum where it was
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            model(),
+            Interrupted(5),
+            config,
+            generator=gen(5),
+            checkpoint=checkpoint,
+            progress=False,
+            objective=objective,
+        )
+    seen.clear()
+    train(model(), sampler, config, generator=gen(5), checkpoint=checkpoint, progress=False, objective=objective)
+    assert seen == [2, 2, 3]
