@@ -23,6 +23,7 @@ from icl.experiments import (
     multi_step_pgd,
     one_step_pgd,
     prompt_length,
+    softmax_shift,
     von_oswald_gd,
 )
 
@@ -171,6 +172,34 @@ REGISTRY: Mapping[str, Preset] = {
             train_steps="half the Adam steps",
             batch_size="4× smaller batches; the cosine learning-rate decay averages the extra noise",
             n_test="a quarter of the test set: wider error bars, stated in every check",
+        ),
+    ),
+    "softmax_shift": Preset(
+        config=softmax_shift.SoftmaxShiftConfig,
+        paper=dict(),
+        quick=dict(
+            dim=5,
+            n_context=10,
+            max_context=20,
+            width=64,
+            n_layers=3,
+            n_heads=2,
+            scales=(1.0, 4.0),
+            train_steps=2000,
+            learning_rate=2e-3,
+            n_test=2048,
+        ),
+        why_quick=dict(
+            dim="d = 5 instead of 20: the paper note's CPU scale",
+            n_context="N = 10 instead of the paper's 40, 70, 100 (one training length)",
+            max_context="tested up to 2N = 20",
+            width="a 152k-parameter model (width 64, 3 layers, 2 heads) instead of GPT-2's 9.5M (256, 12, 8)",
+            n_layers="3 layers instead of 12",
+            n_heads="2 heads instead of 8",
+            scales="c = 1 and 4; the paper adds 9",
+            train_steps="2000 Adam steps instead of 500,000",
+            learning_rate="2·10⁻³ instead of 10⁻⁴, for the short budget (10⁻⁴ barely leaves the initial plateau)",
+            n_test="2048 test prompts per condition; the standard errors are in the checks",
         ),
     ),
 }
