@@ -243,13 +243,12 @@ def claim_checks(result: SoftmaxShiftResult) -> ClaimChecks:
         1.0,
         reason="it must beat the best linear layer, which earlier chapters train to its optimum (least squares is 0)",
     )
-    jumps = r.softmax[0, :, 0, beyond].mean(-1) - r.softmax[0, :, 0, inside].mean(-1)  # (S,) per seed
-    jump_se = jumps.std() / seeds**0.5 if seeds > 1 else jumps.abs().mean()
+    ratios = r.softmax[0, :, 0, beyond].mean(-1) / r.softmax[0, :, 0, inside].mean(-1)  # (S,) per seed
     checks.at_least(
-        f"I: error past the training length minus within, M in ({n}, {2 * n}] vs [{d}, {n}], in s.e. over seeds",
-        (jumps.mean() / jump_se).item(),
-        3.0,
-        reason="the jump is real: 3 standard errors of its mean over seeds (the paper's Fig. 1)",
+        f"I: mean error over M in ({n}, {2 * n}] / over [{d}, {n}], trained on I (worst of {seeds} seeds)",
+        ratios.min().item(),
+        2.0,
+        reason="past the training length the positions were never trained: the error jumps, in every seed",
     )
     return checks
 
