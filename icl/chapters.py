@@ -117,6 +117,14 @@ CHAPTERS: dict[str, Chapter] = {
             "noisy labels and orthogonal queries are tolerated, scaled covariates are not (least squares is); random "
             "covariances lead to a different limit",
         ),
+        Chapter(
+            "10_softmax_covariate_shift",
+            "A softmax transformer under covariate shift",
+            "softmax_shift",
+            "Zhang, Frei, Bartlett Fig. 1 (Garg et al.'s setup)",
+            "a small GPT-2 learns in-context regression, fails on scaled-up covariances, and errs more beyond its "
+            "training length",
+        ),
     )
 }
 

@@ -68,6 +68,7 @@ TINY = {
         "-p",
         "noise_stds=(0.0, 1.0)",
     ],
+    "book/10_softmax_covariate_shift": ["-p", "train_steps=5", "-p", "n_context=6", "-p", "max_context=12"],
 }
 
 pytestmark = pytest.mark.notebooks
