@@ -72,7 +72,7 @@ def test_configs_are_frozen_and_hashable() -> None:
             lambda: presets.get("nope", "quick"),
             r"unknown experiment 'nope'; choose one of "
             r"\['distribution_shift', 'full_form_gdpp', 'gradient_flow', 'looped_gd', 'multi_step_pgd', "
-            r"'one_step_pgd', 'prompt_length', 'von_oswald_gd'\]",
+            r"'one_step_pgd', 'prompt_length', 'softmax_shift', 'von_oswald_gd'\]",
         ),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=5), r"unknown parameter 'n_ctx' for one_step_pgd"),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=None), r"unknown parameter 'n_ctx'"),
