@@ -129,9 +129,19 @@ CHAPTERS: dict[str, Chapter] = {
 }
 
 
+def chapter_file(name: str | os.PathLike[str]) -> Path:
+    """The file of a chapter named by its path (``book/02_one_step_pgd.md``) or by its bare name
+    (``02_one_step_pgd``, then the ``book/`` folder beside this package in a source checkout)."""
+    path = Path(name)
+    if path.suffix == "" and path.parent == Path(".") and path.name in CHAPTERS:
+        return Path(__file__).resolve().parents[1] / "book" / f"{path.name}.md"
+    return path
+
+
 def chapter_of(path: str | os.PathLike[str]) -> Chapter:
-    """The chapter a file path names; raises ``ValueError`` for a missing file or an unknown chapter."""
-    path = Path(path)
+    """The chapter a file path (or a bare chapter name, :func:`chapter_file`) names; raises ``ValueError`` for a missing
+    file or an unknown chapter."""
+    path = chapter_file(path)
     if path.suffix != ".md" or path.stem not in CHAPTERS:
         raise ValueError(f"unknown chapter {str(path)!r}; choose one of {[f'book/{s}.md' for s in CHAPTERS]}")
     if not path.is_file():

@@ -69,7 +69,7 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
         if not args.seed.isdigit():
             raise ValueError(f"seed must be an integer >= 0, got {args.seed!r}")
         seed = int(args.seed)
-        notebook = chapters.read_notebook(args.chapter)
+        notebook = chapters.read_notebook(chapters.chapter_file(args.chapter))
         defaults = chapters.parameters_of(notebook)
         overrides = dict(_parse_assignment(p) for p in args.parameter)
         unknown = sorted(set(overrides) - set(defaults))
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 str(executed_path),
                 parameters=parameters,
                 kernel_name="python3",
-                cwd=str(Path(args.chapter).resolve().parent),
+                cwd=str(chapters.chapter_file(args.chapter).resolve().parent),
                 progress_bar=False,
             )
         except papermill.PapermillExecutionError as exc:
@@ -166,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m icl", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="execute a chapter with papermill; write its notebook and JSON")
-    run_parser.add_argument("chapter", help="path to a chapter, e.g. book/02_one_step_pgd.md")
+    run_parser.add_argument("chapter", help="a chapter: its path (book/02_one_step_pgd.md) or name (02_one_step_pgd)")
     run_parser.add_argument("--preset", default=None, help="quick (default, or $ICL_PRESET) or paper")
     run_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
     run_parser.add_argument("--seed", default="0", help="base seed, an integer >= 0 (default 0)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from icl import cli, presets
+from icl import chapters, cli, presets
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "book/02_one_step_pgd.md"
@@ -171,6 +171,16 @@ def test_prepare_accepts_good_input_and_returns_the_parameters(tmp_path: Path) -
     assert parameters == {"n_context": 40, "train_steps": 10, "preset": "quick", "device": "cpu", "seed": 4}
     assert any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in notebook.cells)
     assert out.is_dir() and list(out.iterdir()) == []  # the write test leaves nothing behind
+
+
+def test_a_chapter_by_its_bare_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the name resolves to the checkout's book/, not to the working directory
+    args = cli.parser().parse_args(["run", "02_one_step_pgd", "--device", "cpu", "--out", str(tmp_path / "out")])
+    chapter, notebook, _ = cli.prepare(args)
+    assert chapter.slug == "02_one_step_pgd"
+    assert [c.source for c in notebook.cells] == [c.source for c in chapters.read_notebook(ROOT / CHAPTER).cells]
+    with pytest.raises(cli.BadInput, match="unknown chapter '99_nope'"):
+        cli.prepare(cli.parser().parse_args(["run", "99_nope", "--out", str(tmp_path / "out2")]))
 
 
 def test_chapter_without_experiment_validates_its_parameters(tmp_path: Path) -> None:
