@@ -20,6 +20,7 @@ TINY = dict(
     n_test=1000,
     context_sweep=(3, 6),
     sweep_train_steps=20,
+    sweep_batch_size=32,
     clipped_contexts=(3,),
 )
 
@@ -114,6 +115,7 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
         (dict(depths=(1, 2), n_layers=3), "depths"),
         (dict(clip_norm=0.0), "clip_norm"),
         (dict(spectrum=(1, 0)), "spectrum"),
+        (dict(sweep_batch_size=0), "sweep_batch_size"),
     ],
 )
 def test_bad_input_names_the_parameter(change: dict, name: str) -> None:

@@ -105,7 +105,7 @@ class DistributionShiftResult(NamedTuple):
     covariance: torch.Tensor  # (d, d) Λ
     scales: torch.Tensor  # (C,)
     covariate_theory: torch.Tensor  # (C,) exact MSE of the theorem's predictor (Γ⁻¹ of N, Λ) at c²Λ, length M
-    covariate_limit: torch.Tensor  # (C,) its N, M → ∞ limit (c² − 1)² c² tr Λ … for Λ: tr[(c²I − I)ᵀ c²Λ (c²I − I)]
+    covariate_limit: torch.Tensor  # (C,) its N, M → ∞ limit: Γ⁻¹ → Λ⁻¹ predicts c²⟨w, x_q⟩, error (c² − 1)² c² tr Λ
     covariate_zero: torch.Tensor  # (C,) the zero estimator's c² tr Λ
     covariate_trained: torch.Tensor  # (C,) Monte Carlo MSE of the trained models, mean over seeds
     covariate_trained_se: torch.Tensor  # (C,)

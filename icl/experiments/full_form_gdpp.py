@@ -59,6 +59,7 @@ class FullFormConfig:
     n_test: int = 100_000
     context_sweep: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
     sweep_train_steps: int = 20_000
+    sweep_batch_size: int = 8192
     sweep_clip_norm: float = 100.0
     clipped_contexts: tuple[int, ...] = (6, 10)
     seed: int = 0
@@ -78,6 +79,7 @@ class FullFormConfig:
             put(name, finite_float(name, getattr(self, name), minimum=0.0, strict=True))
         put("context_sweep", tuple(sorted(set(int_tuple("context_sweep", self.context_sweep)))))
         put("sweep_train_steps", positive_int("sweep_train_steps", self.sweep_train_steps))
+        put("sweep_batch_size", positive_int("sweep_batch_size", self.sweep_batch_size))
         put("sweep_clip_norm", finite_float("sweep_clip_norm", self.sweep_clip_norm, minimum=0.0, strict=True))
         put("clipped_contexts", tuple(sorted(set(int_tuple("clipped_contexts", self.clipped_contexts)))))
         if not set(self.clipped_contexts) <= set(self.context_sweep):
@@ -163,6 +165,7 @@ def _fit(
     n: int,
     clip: float,
     steps: int,
+    batch_size: int,
     slug: str,
     part: int,
     progress: bool,
@@ -183,7 +186,7 @@ def _fit(
         config,
         slug,
         model,
-        lambda g: _sample(config, covariance, config.batch_size, g, torch.float32, n=n),
+        lambda g: _sample(config, covariance, batch_size, g, torch.float32, n=n),
         TrainConfig(steps=steps, learning_rate=config.learning_rate, clip_norm=clip),
         generator=streams.train,
         progress=progress,
@@ -202,6 +205,7 @@ def _train(config: FullFormConfig, covariance: torch.Tensor, depth: int, progres
         n=config.n_context,
         clip=config.clip_norm,
         steps=config.train_steps,
+        batch_size=config.batch_size,
         slug=f"L{depth}",
         part=depth,
         progress=progress,
@@ -218,6 +222,7 @@ def _train_at(config: FullFormConfig, covariance: torch.Tensor, n: int, clip: fl
         n=n,
         clip=clip,
         steps=config.sweep_train_steps,
+        batch_size=config.sweep_batch_size,
         slug=f"sweep-n{n}-clip{clip:g}",
         part=part,
         progress=progress,
