@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from icl import presets, theory
+from icl.checks import ClaimChecks
 from icl.experiments import common, full_form_gdpp
+from icl.experiments.multi_step_pgd import AHN_SPECTRUM
 
 TINY = dict(
     spectrum=(1.0, 0.5),
@@ -41,8 +43,10 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[full_form_gdpp.Ful
 def test_reproducible_and_cached(stored, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     again = tiny_result(monkeypatch, str(tmp_path))
     for name, value in stored[0]._asdict().items():
-        if name != "elapsed_seconds":
+        if isinstance(value, torch.Tensor):
             assert torch.equal(value, getattr(again, name)), name
+        elif name != "elapsed_seconds":
+            assert value == getattr(again, name), name
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the store holds the result")
@@ -141,3 +145,43 @@ def test_the_clip_contrast_and_the_figure_6_ordering_can_fail(stored) -> None:
     assert len(failed(sweep_loss=2.0 * r.sweep_pgd_exact[:, None].expand(-1, S))) == 1  # above GD with a*Σ⁻¹
     assert len(failed(clipped_loss=torch.full_like(r.clipped_loss, 1e-2))) == 1  # the clip costs nothing
     assert len(failed(clipped_median=torch.full_like(r.clipped_median, 1.0))) == 1  # nor helps the median
+
+
+def test_the_paper_note_baselines_pass_on_its_values_and_fail_off_them(stored) -> None:
+    r = stored[0]
+    S = r.a.shape[0]
+    contexts, depths = torch.tensor([6, 10, 20]), torch.tensor([1, 2, 3])
+
+    def result(scale: float = 1.0, ln_shift: float = 0.0, spectrum=AHN_SPECTRUM):
+        def fig6(table):
+            values = scale * torch.tensor([table[n] for n in contexts.tolist()], dtype=torch.float64)
+            return values[:, None].expand(-1, S)
+
+        def fig7(table):
+            lns = torch.tensor([table[m] for m in depths.tolist()], dtype=torch.float64) + ln_shift
+            return lns.exp()[:, None].expand(-1, S)
+
+        return r._replace(
+            covariance=torch.eye(5, dtype=torch.float64).expand(S, 5, 5),
+            whitened=torch.zeros(S, 3, 5, 5, dtype=torch.float64),
+            sweep_contexts=contexts,
+            depths=depths,
+            n_context=20,
+            spectrum=spectrum,
+            sweep_pgd_loss=fig6(full_form_gdpp.NOTE_FIG6_PGD),
+            sweep_gd_loss=fig6(full_form_gdpp.NOTE_FIG6_GD),
+            pgd_loss=fig7(full_form_gdpp.NOTE_FIG7_LN_PGD),
+            gd_loss=fig7(full_form_gdpp.NOTE_FIG7_LN_GD),
+        )
+
+    def note_checks(result) -> list[bool]:
+        checks = ClaimChecks()
+        full_form_gdpp._paper_note_baselines(result, checks)
+        return [c.passed for c in checks.checks]
+
+    assert note_checks(result()) == [True] * 4  # Fig. 6 and Fig. 7, preconditioned GD then GD
+    assert note_checks(result(spectrum=(1.0, 1.0, 0.5, 0.25, 1.0))) == [True] * 2  # GD only on the paper's spectrum
+    assert note_checks(result(scale=1.06)) == [False, True, False, True]
+    assert note_checks(result(scale=0.94)) == [False, True, False, True]
+    assert note_checks(result(ln_shift=0.06)) == [True, False, True, False]
+    assert note_checks(r) == []  # d = 2: the note's values do not apply
