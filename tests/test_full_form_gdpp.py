@@ -162,7 +162,6 @@ def test_the_paper_note_baselines_pass_on_its_values_and_fail_off_them(stored) -
             return lns.exp()[:, None].expand(-1, S)
 
         return r._replace(
-            covariance=torch.eye(5, dtype=torch.float64).expand(S, 5, 5),
             whitened=torch.zeros(S, 3, 5, 5, dtype=torch.float64),
             sweep_contexts=contexts,
             depths=depths,

@@ -570,12 +570,11 @@ def _paper_note_baselines(r: FullFormResult, checks: ClaimChecks) -> None:
     """The baselines' Monte Carlo curves (mean over seeds) against the paper note's values, where these apply: Fig. 6
     (3 steps, d = 5) at every n of the sweep in the note's table, and Fig. 7 (n = 20, d = 5) at every depth; plain GD
     only on the paper's spectrum."""
-    d, L = r.covariance.shape[-1], r.whitened.shape[1]
-    if d != 5:
+    if len(r.spectrum) != 5:
         return
-    paper_spectrum = sorted(r.spectrum) == sorted(AHN_SPECTRUM)
+    L = r.whitened.shape[1]
     rows = [("preconditioned GD", r.sweep_pgd_loss, NOTE_FIG6_PGD, r.pgd_loss, NOTE_FIG7_LN_PGD)]
-    if paper_spectrum:
+    if sorted(r.spectrum) == sorted(AHN_SPECTRUM):
         rows.append(("GD", r.sweep_gd_loss, NOTE_FIG6_GD, r.gd_loss, NOTE_FIG7_LN_GD))
     for name, sweep, fig6, by_depth, fig7 in rows:
         ns = [(i, n) for i, n in enumerate(r.sweep_contexts.tolist()) if n in fig6]
