@@ -194,6 +194,20 @@ def peak_memory_mib() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
+def gpu_usage() -> dict[str, Any] | None:
+    """The CUDA GPU this process used, if any: its name and the peak memory PyTorch allocated on it (MiB).
+    ``None`` when the process never touched a GPU (its resident memory is then the whole story)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    device = torch.cuda.current_device()
+    return {
+        "name": torch.cuda.get_device_name(device),
+        "peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+    }
+
+
 def record(
     slug: str,
     *,
@@ -207,7 +221,8 @@ def record(
     statistics) and write it to ``$ICL_RECORD_DIR/<slug>.json`` atomically when that variable is set.
 
     ``run`` holds the seconds since ``icl`` was first imported in this process (the chapter's work,
-    without the kernel's start), its peak resident memory and the package versions. Returns the record.
+    without the kernel's start), its peak resident memory, the GPU it used (:func:`gpu_usage`) and the package
+    versions. Returns the record.
     """
     content = {
         "chapter": slug,
@@ -219,6 +234,7 @@ def record(
         "run": {
             "seconds": round(time.perf_counter() - IMPORTED_AT, 3),
             "peak_memory_mib": peak_memory_mib(),
+            "gpu": gpu_usage(),
             "versions": versions(),
         },
         **as_plain(extra or {}),

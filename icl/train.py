@@ -143,7 +143,8 @@ def train(
         )
         losses[:start] = state["losses"]
         snapshot_steps = state["snapshot_steps"].tolist()
-        snapshots = [{k: v[t] for k, v in state["snapshots"].items()} for t in range(len(snapshot_steps))]
+        # map_location put them on the device; snapshots are kept on the CPU (see snapshot())
+        snapshots = [{k: v[t].cpu() for k, v in state["snapshots"].items()} for t in range(len(snapshot_steps))]
 
     # A plain text bar (no widgets), refreshed every 2 s so that notebooks and CI logs stay small.
     bar = tqdm(

@@ -8,6 +8,7 @@ build runs every chapter at the ``quick`` preset, where the checks must pass.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -73,9 +74,13 @@ TINY = {
 
 pytestmark = pytest.mark.notebooks
 
+# The device every chapter runs on here: the CPU, unless $ICL_TEST_DEVICE names another (bench/gpu_check.sh sets
+# "cuda", so that on a GPU each chapter's device paths run end to end in seconds before the long runs).
+DEVICE = os.environ.get("ICL_TEST_DEVICE", "cpu")
+
 
 def run_chapter(chapter: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "icl", "run", f"{chapter}.md", "--device", "cpu", "--out", str(out), *extra]
+    command = [sys.executable, "-m", "icl", "run", f"{chapter}.md", "--device", DEVICE, "--out", str(out), *extra]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

@@ -192,14 +192,16 @@ def best_shared_step_size(
     """
     n_steps = positive_int("n_steps", n_steps)
     points = torch.tensor([scale * (k + 1) for k in range(n_steps)], dtype=torch.float64)
-    values = torch.stack([predict(p.item()).double() for p in points])  # (K, B)
+    # On the CPU, in float64: the (K, K) Vandermonde system lives there whatever the predictor's device.
+    values = torch.stack([predict(p.item()).double().cpu() for p in points])  # (K, B)
     vandermonde = points[:, None] ** torch.arange(1, n_steps + 1, dtype=torch.float64)  # (K, K)
     coefficients = torch.linalg.solve(vandermonde, values)  # (K, B): c_1 … c_K per prompt
     check_at = scale * (n_steps + 0.5)
     expected = (check_at ** torch.arange(1, n_steps + 1, dtype=torch.float64))[:, None].mul(coefficients).sum(0)
-    if not torch.allclose(predict(check_at).double(), expected, rtol=1e-6, atol=1e-8 * expected.abs().max().item()):
+    checked = predict(check_at).double().cpu()
+    if not torch.allclose(checked, expected, rtol=1e-6, atol=1e-8 * expected.abs().max().item()):
         raise ValueError(f"the predictor is not a polynomial of degree {n_steps} in its step size")
-    y = targets.double()
+    y = targets.double().cpu()
     # MSE(η) = E (Σ_k c_k η^k − y)², coefficients by powers of η: E y², −2 E c_k y, Σ_{j+k} E c_j c_k.
     polynomial = [0.0] * (2 * n_steps + 1)
     polynomial[0] = (y * y).mean().item()

@@ -236,7 +236,7 @@ def run(config: DistributionShiftConfig, *, progress: bool = True) -> Distributi
 
     orthogonal_theorem, orthogonal_trained = _orthogonal(fixed, optimum, config, generator)
     limit = theory.random_diagonal_limit(d, n)
-    eye = torch.eye(d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=lam.device)
     learned = fixed.preconditioner()[:, 0].detach().double()
     random_learned = random.preconditioner()[:, 0].detach().double()
     norm = torch.linalg.matrix_norm(limit * eye)

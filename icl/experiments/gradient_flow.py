@@ -199,7 +199,7 @@ def run(config: GradientFlowConfig, *, progress: bool = True) -> GradientFlowRes
         snapshot_every=max(1, config.train_steps // SNAPSHOTS),
     )
     optimum_n = theory.optimal_preconditioner(lam, n)
-    P_history, Q_history = trained.snapshots["P"][:, :, 0].double(), trained.snapshots["Q"][:, :, 0].double()
+    P_history, Q_history = (trained.snapshots[k][:, :, 0].to(lam.device).double() for k in ("P", "Q"))
     d = config.dim
     u_history, U_history = P_history[..., d, d], -Q_history[..., :d, :d]
     A_history = u_history[..., None, None] * U_history

@@ -127,7 +127,7 @@ def _test_prompts(config: SoftmaxShiftConfig, scale: float | None, size: int, ge
     k, d = config.max_context, config.dim
     if scale is None:
         batch = tasks.sample_regression(size, k, torch.eye(d), generator=generator)
-        variances = torch.ones(size, d)
+        variances = torch.ones(size, d, device=generator.device)
     else:
         batch, variances = tasks.sample_random_diagonal_regression(size, k, d, generator=generator, scale=scale)
     xs = torch.cat([batch.X, batch.x_query.unsqueeze(-2)], -2)
@@ -151,7 +151,7 @@ def isotropic_linear_errors(scale: float, variances: torch.Tensor, max_context: 
     Σ_i v_i [α² S_ii − 2α v_i + 1] with S_ii = (1 + 1/M) v_i² + (Σ v / M) v_i (:func:`icl.theory.one_step_loss` for
     A = αI and a diagonal covariance). -> (C, max_context + 1)."""
     v = variances.double().unsqueeze(-2)  # (C, 1, d)
-    M = torch.arange(1, max_context + 1, dtype=torch.float64).unsqueeze(-1)  # (K − 1, 1)
+    M = torch.arange(1, max_context + 1, dtype=torch.float64, device=v.device).unsqueeze(-1)  # (K − 1, 1)
     second = (1 + 1 / M) * v**2 + v.sum(-1, keepdim=True) / M * v  # (C, K − 1, d)
     errors = (v * (scale**2 * second - 2 * scale * v + 1)).sum(-1)
     return torch.cat([variances.double().sum(-1, keepdim=True), errors], dim=-1)
@@ -193,13 +193,13 @@ def run(config: SoftmaxShiftConfig, *, progress: bool = True) -> SoftmaxShiftRes
             )  # (E, B, K)
         errors = ((predictions.double() - ys.double()) ** 2 / d).movedim(1, -1)  # (E, K, B)
         mean, se = mean_and_se(errors)
-        softmax.append(mean.reshape(len(REGIMES), S, -1))
-        softmax_se.append(se.reshape(len(REGIMES), S, -1))
+        softmax.append(mean.reshape(len(REGIMES), S, -1).cpu())
+        softmax_se.append(se.reshape(len(REGIMES), S, -1).cpu())
         mean, se = mean_and_se(_least_squares_errors(xs, ys).T / d)
-        ls.append(mean)
-        ls_se.append(se)
-        lin_fixed.append(isotropic_linear_errors(fixed_scale, variances, config.max_context).mean(0) / d)
-        lin_random.append(isotropic_linear_errors(limit, variances, config.max_context).mean(0) / d)
+        ls.append(mean.cpu())
+        ls_se.append(se.cpu())
+        lin_fixed.append((isotropic_linear_errors(fixed_scale, variances, config.max_context).mean(0) / d).cpu())
+        lin_random.append((isotropic_linear_errors(limit, variances, config.max_context).mean(0) / d).cpu())
     losses = trained.losses
     return SoftmaxShiftResult(
         conditions=("I", *(f"c = {c:g}" for c in config.scales)),
