@@ -5,9 +5,13 @@
 #
 # In parallel, each lane capped by the budget:
 #   tests    the test suite with the GPU visible (`device="auto"` picks it), each chapter's end-to-end test at tiny
-#            parameters on the GPU (ICL_TEST_DEVICE=cuda) and the tests that skip without CUDA;
-#   quick    every chapter at `quick` with `--device cuda`, seed 0, three at a time;
-#   paper    chapter 05 at `paper`: its 16 training runs in 7 processes (bench/train_parallel.py), then the chapter.
+#            parameters on the GPU (ICL_TEST_DEVICE=cuda) and the tests that skip without CUDA ($TESTS: the test
+#            files to run, default all but the site and environment tests);
+#   quick    every chapter at `quick` with `--device cuda`, seed 0, in three lanes ($QUICK_LANES: lanes separated by
+#            ';', chapters by spaces; empty for none);
+#   paper    $PAPER_CHAPTERS at `paper` (default 05_full_form_gd_plus_plus; empty for none), one after another;
+#   probe    with PROBE=1, the seconds per step of chapter 05's 4-layer paper fit, 2000 steps in one process.
+# Chapter 05 at either preset first trains its fits in parallel processes (bench/train_parallel.py), then runs.
 # Writes OUT/quick/*.json and OUT/paper/*.json (the chapters' records: claim checks, elapsed seconds, the GPU's
 # name and peak memory), the executed notebooks, OUT/logs/*.log and OUT/summary.txt (one line per chapter run).
 # Timings are wall-clock seconds with the lanes sharing the GPU and 16 CPU cores: an upper bound for a chapter
@@ -51,37 +55,48 @@ else
   echo "MPS: not installed" >>"$out/logs/environment.log"
 fi
 
-chapter() {  # chapter NAME PRESET [args...]: one `python -m icl run`, logged, within the budget
-  local name=$1 preset=$2
-  shift 2
-  timeout "$(left)" "$python" -m icl run "$name" --preset "$preset" --device cuda --seed 0 --out "$out/$preset" "$@" \
+chapter() {  # chapter NAME PRESET: one `python -m icl run`, logged, within the budget
+  local name=$1 preset=$2 started=$SECONDS
+  if [ "$name" = 05_full_form_gd_plus_plus ]; then
+    timeout "$(left)" "$python" bench/train_parallel.py --preset "$preset" --device cuda --workers 8 \
+      >"$out/logs/train_parallel-$preset.log" 2>&1 || { echo "$name $preset training exit $?" >>"$out/logs/exits.log"; return; }
+  fi
+  timeout "$(left)" "$python" -m icl run "$name" --preset "$preset" --device cuda --seed 0 --out "$out/$preset" \
     >"$out/logs/$name-$preset.log" 2>&1
-  echo "$name $preset exit $?" >>"$out/logs/exits.log"
+  echo "$name $preset exit $? after $((SECONDS - started)) s (training included)" >>"$out/logs/exits.log"
 }
 
 lane_tests() {
-  local workers=()
+  local workers=() files
+  read -ra files <<<"${TESTS:-tests --ignore=tests/test_site.py --ignore=tests/test_environment.py}"
   "$python" -c "import xdist" 2>/dev/null && workers=(-n 4)
-  ICL_TEST_DEVICE=cuda timeout "$(left)" "$python" -m pytest -q -p no:cacheprovider "${workers[@]}" \
-    --ignore=tests/test_site.py --ignore=tests/test_environment.py >"$out/logs/tests.log" 2>&1
+  ICL_TEST_DEVICE=cuda timeout "$(left)" "$python" -m pytest -q -p no:cacheprovider "${workers[@]}" "${files[@]}" \
+    >"$out/logs/tests.log" 2>&1
   echo "tests exit $?" >>"$out/logs/exits.log"
+  if [ "${PROBE:-0}" = 1 ]; then
+    timeout "$(left)" "$python" bench/train_parallel.py --preset paper --device cuda --workers 1 --fits L4 \
+      --set train_steps=2000 >"$out/logs/probe.log" 2>&1
+  fi
 }
 
-lane_paper() {
-  timeout "$(left)" "$python" bench/train_parallel.py --preset paper --device cuda --workers 7 \
-    >"$out/logs/train_parallel.log" 2>&1 && chapter 05_full_form_gd_plus_plus paper
+lane() {  # lane PRESET CHAPTER...: the chapters one after another
+  local preset=$1
+  shift
+  for name in "$@"; do chapter "$name" "$preset"; done
 }
 
-lane_quick() {
-  for name in "$@"; do chapter "$name" quick; done
-}
-
-lane_tests &
-lane_paper &
 # Three lanes of about equal CPU time (the chapters' quick times on 2 cores), the longest chapters first.
-lane_quick 05_full_form_gd_plus_plus 08_prompt_length 03_multi_step_pgd 01_setup_and_notation &
-lane_quick 10_softmax_covariate_shift 02_one_step_pgd 07_gradient_flow &
-lane_quick 06_looped_transformers 04_trained_transformers_do_gd 09_distribution_shift &
+default_lanes="05_full_form_gd_plus_plus 08_prompt_length 03_multi_step_pgd 01_setup_and_notation;\
+10_softmax_covariate_shift 02_one_step_pgd 07_gradient_flow;\
+06_looped_transformers 04_trained_transformers_do_gd 09_distribution_shift"
+lane_tests &
+# shellcheck disable=SC2086  # the chapter lists split on spaces
+lane paper ${PAPER_CHAPTERS-05_full_form_gd_plus_plus} &
+IFS=';' read -ra lanes <<<"${QUICK_LANES-$default_lanes}"
+for chapters in "${lanes[@]}"; do
+  # shellcheck disable=SC2086
+  lane quick $chapters &
+done
 wait
 
 "$python" - "$out" >"$out/summary.txt" <<'EOF'

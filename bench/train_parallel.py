@@ -1,6 +1,7 @@
 """Train chapter 05's models in parallel processes, filling the result store before the chapter runs.
 
     python bench/train_parallel.py --preset paper --device cuda --workers 7 [--seed 0] [--set name=value ...]
+                                   [--fits L4 sweep-n10 ...]
 
 Chapter 05 (``icl.experiments.full_form_gdpp``) trains its ensembles one after another: at ``paper`` that is four
 depths of 100,000 Adam steps plus twelve runs of 20,000 for the context-length sweep. Each run's step is a few
@@ -71,10 +72,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
+    parser.add_argument("--fits", nargs="*", default=None, help="only these fits (L4, sweep-n10, clipped-n10, ...)")
     args = parser.parse_args()
     overrides = {name: ast.literal_eval(value) for name, _, value in (item.partition("=") for item in args.set)}
     config = _config(args.preset, args.device, args.seed, overrides)  # validates everything before any process
-    jobs = [(args.preset, config.device, args.seed, overrides, name, arguments) for name, _, arguments in fits(config)]
+    chosen = [fit for fit in fits(config) if args.fits is None or fit[0] in args.fits]
+    if not chosen:
+        parser.error(f"--fits {args.fits} names none of {[fit[0] for fit in fits(config)]}")
+    jobs = [(args.preset, config.device, args.seed, overrides, name, arguments) for name, _, arguments in chosen]
     start = time.perf_counter()
     # spawn, not fork: a forked child cannot use CUDA once the parent has initialised it.
     with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:

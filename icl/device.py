@@ -16,7 +16,8 @@ _CUDA = re.compile(r"cuda(?::(\d+))?")
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve a device name, failing early with a clear message.
 
-    ``"auto"`` picks ``cuda`` when a GPU is visible, else ``cpu``.
+    ``"auto"`` picks the first CUDA GPU (``cuda:0``) when one is visible, else ``cpu``: the same device, and so the same
+    config and result-store key, as asking for ``"cuda"`` by name.
 
     >>> resolve_device("cpu")
     device(type='cpu')
@@ -26,7 +27,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if not isinstance(device, str):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device == "cpu":
         return torch.device("cpu")
     match = _CUDA.fullmatch(device)

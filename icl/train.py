@@ -84,6 +84,11 @@ class TrainConfig:
         return self.learning_rate * (low + (1 - low) * cosine)
 
 
+class TrainingDiverged(FloatingPointError):
+    """A member's training loss became NaN or infinite: raised within 100 steps of it and before any checkpoint holds
+    it, naming the members and the first such step, instead of training on for hours to a result no check can pass."""
+
+
 class TrainResult(NamedTuple):
     """losses: (steps, E), the training MSE of every model at every step (on that step's fresh prompts).
 
@@ -155,6 +160,7 @@ def train(
         total=config.steps,
         mininterval=2.0,
     )
+    checked = start  # the losses of steps [start, checked) are known to be finite
     for step in bar:
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(step)
@@ -171,13 +177,16 @@ def train(
         if losses is None:
             losses = torch.empty((config.steps, *per_model.shape), dtype=per_model.dtype, device=per_model.device)
         losses[step] = per_model.detach()
-        if (step + 1) % 100 == 0:
-            bar.set_postfix(mse=f"{per_model.mean().item():.4f}")
         done = step + 1
+        checkpoint_due = checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.steps)
+        if done % 100 == 0 or done == config.steps or checkpoint_due:  # one synchronisation per 100 steps on a GPU
+            _check_finite(losses, start=checked, done=done, description=description)  # before any checkpoint
+            checked = done
+            bar.set_postfix(mse=f"{per_model.mean().item():.4f}")
         if snapshot_every and (done % snapshot_every == 0 or done == config.steps):
             snapshots.append(snapshot())
             snapshot_steps.append(done)
-        if checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+        if checkpoint_due:
             state = {
                 "step": done,
                 "model": model.state_dict(),
@@ -190,6 +199,20 @@ def train(
     bar.close()
     return TrainResult(
         losses=losses.cpu() if losses is not None else torch.empty(0), **_stacked(snapshot_steps, snapshots)
+    )
+
+
+def _check_finite(losses: torch.Tensor, *, start: int, done: int, description: str) -> None:
+    """Raise :class:`TrainingDiverged` if any loss of steps [start, done) is not finite. losses: (steps, E)."""
+    window = losses[start:done].reshape(done - start, -1)
+    finite = torch.isfinite(window)
+    if bool(finite.all()):
+        return
+    members = (~finite).any(0).nonzero().flatten().tolist()
+    first = start + int((~finite).any(1).nonzero()[0])
+    raise TrainingDiverged(
+        f"{description}: the training loss of ensemble member(s) {members} became NaN or infinite at step {first + 1} "
+        f"(checked at step {done}); lower the learning rate or tighten the gradient clip"
     )
 
 

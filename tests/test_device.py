@@ -41,6 +41,13 @@ def test_cuda_without_a_gpu_fails_early(name: str) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_and_cuda_name_the_same_device() -> None:
+    # One device, one string in the config, one result-store key, however the user asked for it.
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
+    assert str(resolve_device("auto")) == "cuda:0"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_index_out_of_range() -> None:
     count = torch.cuda.device_count()
     assert resolve_device("cuda") == torch.device("cuda", 0)

@@ -11,7 +11,7 @@ import torch
 from icl import tasks
 from icl.models import LinearTransformer
 from icl.tokens import read_out, to_tokens
-from icl.train import TrainConfig, train
+from icl.train import TrainConfig, TrainingDiverged, query_loss, train
 
 D, N, BATCH = 3, 8, 128
 
@@ -261,3 +261,28 @@ def test_the_curriculum_grows_the_active_dimensions_and_survives_a_resume(tmp_pa
     seen.clear()
     train(model(), sampler, config, generator=gen(5), checkpoint=checkpoint, progress=False, objective=objective)
     assert seen == [2, 2, 3]
+
+
+def test_a_diverging_member_stops_training_before_a_checkpoint_holds_it(tmp_path: Path) -> None:
+    """Member 1's loss turns NaN at step 130: training stops by step 150 (its next checkpoint), names the member and
+    the step, and the checkpoint left behind is the last one with finite losses, from step 100."""
+    calls = 0
+
+    def objective(m: torch.nn.Module, batch: tasks.RegressionBatch) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        loss = query_loss(m, batch)
+        return loss * torch.tensor([1.0, math.nan if calls >= 130 else 1.0])
+
+    path = tmp_path / "run.pt"
+    config = TrainConfig(steps=1000, checkpoint_every=50)
+    with pytest.raises(TrainingDiverged, match=r"member\(s\) \[1\] became NaN or infinite at step 130"):
+        train(model(), sampler, config, generator=gen(), checkpoint=path, progress=False, objective=objective)
+    assert calls == 150
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 100 and torch.isfinite(state["losses"]).all()
+
+
+def test_finite_training_is_not_stopped() -> None:
+    losses = train(model(), sampler, TrainConfig(steps=250), generator=gen(), progress=False).losses
+    assert torch.isfinite(losses).all() and losses.shape == (250, 2)
