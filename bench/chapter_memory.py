@@ -1,7 +1,7 @@
 """Peak memory and run time of every chapter at a preset, against Binder's memory.
 
 Each chapter runs through ``python -m icl run`` (papermill, a fresh kernel per chapter) with an empty result
-store, so its models are trained, not loaded. The chapter's record (``icl.chapters.record``) holds the peak
+store, so its models are trained, not loaded. The chapter's record (``icl.record.write``) holds the peak
 resident memory of its kernel (``getrusage``'s ``ru_maxrss``) and the seconds from its first import of ``icl``
 to its claim checks; the script prints one JSON line per chapter and a summary line with the largest peak
 against ``--limit-mib`` (Binder offers 1–2 GB; 2048 by default).

@@ -3,8 +3,8 @@
     python bench/train_parallel.py --preset paper --device cuda --workers 7 [--seed 0] [--set name=value ...]
                                    [--fits L4 sweep-n10 ...]
 
-Chapter 05 (``icl.experiments.full_form_gdpp``) trains its ensembles one after another: at ``paper`` that is four
-depths of 100,000 Adam steps plus twelve runs of 20,000 for the context-length sweep. Each run's step is a few
+Chapter 05 (``icl.experiments.full_form_gd_plus_plus``) trains its ensembles one after another: at ``paper`` that is
+four depths of 100,000 Adam steps plus twelve runs of 20,000 for the context-length sweep. Each run's step is a few
 hundred small kernels, so on a GPU one process is bound by Python and kernel launches and leaves the GPU mostly
 idle. This script runs the same fits, with the same configuration, random streams and store keys as the chapter,
 in ``--workers`` processes pulling from a queue (the longest first); the chapter then loads every model from the
@@ -26,9 +26,9 @@ import time
 from typing import Any
 
 from icl import presets
-from icl.experiments import full_form_gdpp
+from icl.experiments import full_form_gd_plus_plus
 
-EXPERIMENT = "full_form_gdpp"
+EXPERIMENT = "full_form_gd_plus_plus"
 
 
 def fits(config: Any) -> list[tuple[str, float, tuple]]:
@@ -52,14 +52,14 @@ def _config(preset: str, device: str, seed: int, overrides: dict[str, Any]) -> A
 def _fit(job: tuple[str, str, int, dict[str, Any], str, tuple]) -> dict[str, Any]:
     preset, device, seed, overrides, name, arguments = job
     config = _config(preset, device, seed, overrides)
-    covariance = full_form_gdpp.covariances(config)
+    covariance = full_form_gd_plus_plus.covariances(config)
     start = time.perf_counter()
     if arguments[0] == "depth":
-        full_form_gdpp._train(config, covariance, arguments[1], progress=True)
+        full_form_gd_plus_plus._train(config, covariance, arguments[1], progress=True)
         steps = config.train_steps
     else:
         _, n, clip, part = arguments
-        full_form_gdpp._train_at(config, covariance, n, clip, part, progress=True)
+        full_form_gd_plus_plus._train_at(config, covariance, n, clip, part, progress=True)
         steps = config.sweep_train_steps
     seconds = time.perf_counter() - start
     return {"fit": name, "seconds": round(seconds, 1), "steps_per_second": round(steps / seconds, 1)}

@@ -7,8 +7,9 @@ The in-context least-squares objective is R(w) = (1/2n) Σ_i (⟨w, x_i⟩ − y
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from icl.config import finite_float, positive_int
@@ -125,3 +126,40 @@ def gd_plus_plus(
         gram = X.mT @ X  # (..., d, d): Σ_i x_i x_iᵀ, no 1/n (von Oswald's γ); symmetric
         X, x_query = X - gamma * X @ gram, x_query - gamma * (gram @ x_query.unsqueeze(-1)).squeeze(-1)
     return -query_label
+
+
+def best_shared_step_size(
+    predict: Callable[[float], torch.Tensor], targets: torch.Tensor, n_steps: int, *, scale: float = 1.0
+) -> tuple[float, float]:
+    """The step η minimising the MSE of ``n_steps`` GD-like steps that all use η, and that MSE.
+
+    K steps of one size η from w = 0 (GD, preconditioned GD, GD++) predict ŷ(η) = Σ_{k=1}^{K} c_k η^k
+    exactly: the residuals after k steps are polynomials of degree k in η. K evaluations at
+    η = scale·(1 … K) give the c_k (one Vandermonde solve per prompt), a further evaluation checks the form,
+    and the MSE is a polynomial of degree 2K whose real critical points are compared.
+    ``predict(η)``: (B,) predictions on fixed prompts with targets (B,).
+    """
+    n_steps = positive_int("n_steps", n_steps)
+    points = torch.tensor([scale * (k + 1) for k in range(n_steps)], dtype=torch.float64)
+    # On the CPU, in float64: the (K, K) Vandermonde system lives there whatever the predictor's device.
+    values = torch.stack([predict(p.item()).double().cpu() for p in points])  # (K, B)
+    vandermonde = points[:, None] ** torch.arange(1, n_steps + 1, dtype=torch.float64)  # (K, K)
+    coefficients = torch.linalg.solve(vandermonde, values)  # (K, B): c_1 … c_K per prompt
+    check_at = scale * (n_steps + 0.5)
+    expected = (check_at ** torch.arange(1, n_steps + 1, dtype=torch.float64))[:, None].mul(coefficients).sum(0)
+    checked = predict(check_at).double().cpu()
+    if not torch.allclose(checked, expected, rtol=1e-6, atol=1e-8 * expected.abs().max().item()):
+        raise ValueError(f"the predictor is not a polynomial of degree {n_steps} in its step size")
+    y = targets.double().cpu()
+    # MSE(η) = E (Σ_k c_k η^k − y)², coefficients by powers of η: E y², −2 E c_k y, Σ_{j+k} E c_j c_k.
+    polynomial = [0.0] * (2 * n_steps + 1)
+    polynomial[0] = (y * y).mean().item()
+    for k in range(n_steps):
+        polynomial[k + 1] -= 2 * (coefficients[k] * y).mean().item()
+        for j in range(n_steps):
+            polynomial[j + k + 2] += (coefficients[j] * coefficients[k]).mean().item()
+    loss = np.polynomial.Polynomial(polynomial)
+    roots = loss.deriv().roots()
+    real = roots[np.abs(roots.imag) <= 1e-9 * max(1.0, np.abs(roots).max())].real
+    best = real[np.argmin(loss(real))]
+    return float(best), float(loss(best))

@@ -3,9 +3,10 @@
     python -m icl run book/02_one_step_pgd.md [--preset quick|paper] [--device auto|cpu|cuda]
                       [--seed S] [-p name=value ...] [--out DIR]
 
-writes ``DIR/<chapter>.ipynb`` (the executed notebook) and ``DIR/<chapter>.json`` (resolved
-parameters, versions, elapsed seconds, every claim check, the key arrays), each through a temporary
-file and an atomic rename. Exit status: 0 when every claim check passed, 1 when a check failed or the
+writes ``DIR/<chapter>.ipynb`` (the executed notebook) and ``DIR/<chapter>.json`` (the chapter's record,
+:mod:`icl.record`: resolved preset and config, every claim check, the key arrays, run time, peak memory, versions),
+each through a temporary file and an atomic rename, and only when the chapter reached its claim checks: a run that
+fails before them leaves ``DIR`` as it was. Exit status: 0 when every claim check passed, 1 when a check failed or the
 chapter raised, 2 for bad input (reported in one line, before any work, with nothing written).
 """
 
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from icl import chapters, presets
+from icl import chapters, presets, record
+from icl.checks import ClaimCheckFailed
 from icl.config import positive_int
 from icl.device import resolve_device
 from icl.store import atomic_write_text
@@ -101,10 +103,12 @@ def run(args: argparse.Namespace) -> int:
     notebook_path, json_path = out / f"{chapter.slug}.ipynb", out / f"{chapter.slug}.json"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="icl-run-") as scratch:
-        executed_path = Path(scratch) / f"{chapter.slug}.ipynb"
-        previous = os.environ.get(chapters.RECORD_DIR_VARIABLE)
-        os.environ[chapters.RECORD_DIR_VARIABLE] = scratch
-        error: Exception | None = None
+        executed_path, record_path = Path(scratch) / f"{chapter.slug}.ipynb", Path(scratch) / f"{chapter.slug}.json"
+        error: papermill.PapermillExecutionError | None = None
+        # The kernel inherits this process's environment: the chapter writes its record once, into the scratch
+        # folder, and it is copied unchanged into --out below, next to the executed notebook.
+        previous = os.environ.get(record.RECORD_DIR_VARIABLE)
+        os.environ[record.RECORD_DIR_VARIABLE] = scratch
         try:
             papermill.execute_notebook(
                 notebook,
@@ -118,25 +122,19 @@ def run(args: argparse.Namespace) -> int:
             error = exc
         finally:
             if previous is None:
-                os.environ.pop(chapters.RECORD_DIR_VARIABLE, None)
+                os.environ.pop(record.RECORD_DIR_VARIABLE, None)
             else:
-                os.environ[chapters.RECORD_DIR_VARIABLE] = previous
+                os.environ[record.RECORD_DIR_VARIABLE] = previous
         elapsed = time.perf_counter() - start
-        record_path = Path(scratch) / f"{chapter.slug}.json"
-        if not record_path.exists():
-            reason = (
-                f"{error.ename}: {error.evalue}"
-                if isinstance(error, papermill.PapermillExecutionError)
-                else "no record"
-            )
+        # A failed claim check is a result (the record says so); any other error before or after the record is not.
+        if not record_path.exists() or (error is not None and error.ename != ClaimCheckFailed.__name__):
+            reason = f"{error.ename}: {error.evalue}" if error is not None else "no record"
             print(f"error: {chapter.slug} failed before its claim checks ({reason}); nothing written", file=sys.stderr)
             return EXIT_FAILED
-        content = json.loads(record_path.read_text())
-        content.update(parameters=parameters, versions=chapters.versions(), elapsed_seconds=round(elapsed, 3))
-        if error is not None:
-            content["passed"] = False
+        text = record_path.read_text()
         atomic_write_text(nbformat.writes(nbformat.read(executed_path, as_version=4)), notebook_path)
-        atomic_write_text(json.dumps(content, indent=1), json_path)
+        atomic_write_text(text, json_path)
+    content = json.loads(text)
     checks = content["claim_checks"]
     failed = [c["name"] for c in checks if not c["passed"]]
     status = "passed" if content["passed"] else f"FAILED ({', '.join(failed) or 'chapter error'})"

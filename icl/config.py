@@ -1,4 +1,4 @@
-"""Validation helpers for the frozen configs of :mod:`icl.presets`.
+"""The experiments' configs: the training fields they all share, and the validation helpers every config uses.
 
 Every check raises ``ValueError`` naming the parameter, the value it got and what is allowed,
 so that bad input fails before any work starts (``assert`` would vanish under ``python -O``).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -68,3 +69,60 @@ def square_matrix(name: str, matrix: object) -> torch.Tensor:
     if not torch.isfinite(matrix).all():
         raise ValueError(f"{name} has non-finite entries")
     return matrix
+
+
+def validate_seed(seed: object) -> int:
+    """A seed is an integer >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+def validate_device(device: object) -> str:
+    """A config's device is a string (resolved from "auto" by :func:`icl.presets.get`)."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    return device
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The fields every experiment's config shares, validated once here. An experiment's config subclasses this
+    (or :class:`LinearExperimentConfig`), declares its own fields and redeclares the defaults it needs: every
+    default is the paper's value (the ``paper`` preset, :mod:`icl.presets`).
+
+    ``n_seeds`` models are trained side by side (an ensemble, one per seed), each for ``train_steps`` steps of
+    ``batch_size`` fresh prompts at ``learning_rate``; ``n_test`` fresh prompts score them. ``seed`` is the base seed
+    of every random stream (:mod:`icl.rng`); ``device`` is resolved by :func:`icl.presets.get`."""
+
+    n_seeds: int = 5
+    train_steps: int = 1000
+    batch_size: int = 1024
+    learning_rate: float = 1e-2
+    n_test: int = 100_000
+    seed: int = 0
+    device: str = "cpu"
+
+    def _set(self, name: str, value: object) -> None:
+        """Keep a field's normalised value (int, float, tuple), so that equal configs have equal store keys."""
+        object.__setattr__(self, name, value)
+
+    def __post_init__(self) -> None:
+        for name in ("n_seeds", "train_steps", "batch_size"):
+            self._set(name, positive_int(name, getattr(self, name)))
+        self._set("learning_rate", finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True))
+        self._set("n_test", positive_int("n_test", self.n_test, minimum=2))
+        self._set("seed", validate_seed(self.seed))
+        validate_device(self.device)
+
+
+@dataclass(frozen=True)
+class LinearExperimentConfig(ExperimentConfig):
+    """:class:`ExperimentConfig` for the linear transformers, which start from small Gaussian entries of std
+    ``init_std``."""
+
+    init_std: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set("init_std", finite_float("init_std", self.init_std, minimum=0.0, strict=True))

@@ -89,3 +89,44 @@ def heatmaps(
 def reference_line(ax: plt.Axes, value: float, method: str, label: str) -> None:
     """A horizontal line at ``value`` in the colour and line style of ``method``."""
     ax.axhline(value, color=COLORS[method], linestyle=LINESTYLES.get(method, "-"), linewidth=1.3, label=label)
+
+
+def check_line(ax: plt.Axes, value: float, label: str | None = None) -> None:
+    """A dashed grey horizontal line at a claim check's bar ``value``, labelled ``check: <value>`` by default."""
+    ax.axhline(value, color=COLORS["zero"], linestyle="--", linewidth=1, label=label or f"check: {value:g}")
+
+
+def layer_colors(n_layers: int) -> np.ndarray:
+    """One colour per layer (or loop, or context length), dark to light along viridis: (n_layers, 4) RGBA."""
+    return plt.get_cmap("viridis")(np.linspace(0.1, 0.8, n_layers))
+
+
+def seed_lines(
+    ax: plt.Axes,
+    x: torch.Tensor | np.ndarray,
+    values: torch.Tensor | np.ndarray,
+    color: str | np.ndarray,
+    label: str | None = None,
+    *,
+    linestyle: str = "-",
+) -> None:
+    """The book's "thin seed lines, thick mean" idiom: ``values`` (T, S) against ``x`` (T,), one thin line per seed
+    and their mean over seeds as a thick line carrying ``label``."""
+    x, values = _numpy(x), _numpy(values)
+    ax.plot(x, values, color=color, linewidth=0.6, alpha=0.5, linestyle=linestyle)
+    ax.plot(x, values.mean(-1), color=color, linewidth=1.8, linestyle=linestyle, label=label)
+
+
+def log_panel(ax: plt.Axes, title: str, xlabel: str, ylabel: str | None = None, *, legend: str | None = "best") -> None:
+    """Finish a panel of errors or distances: log y scale, title, axis labels, legend (``legend=None``: none)."""
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if legend is not None:
+        ax.legend(loc=legend)
+
+
+def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)

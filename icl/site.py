@@ -1,7 +1,7 @@
 """The two pages that summarise the book: the intro's table of chapters and the status page.
 
 Both are built from the records the chapters leave in ``$ICL_RECORD_DIR`` during a book build (``make book``
-sets it to ``_build/records/``; see :func:`icl.chapters.record`), so every number on them was measured by the
+sets it to ``_build/records/``; see :func:`icl.record.write`), so every number on them was measured by the
 build that shows it. A chapter with no record (a build without ``make book``, or a chapter that failed before
 its claim checks) is listed as such, never with a number from elsewhere.
 """
@@ -16,7 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from icl.chapters import CHAPTERS, RECORD_DIR_VARIABLE, versions
+from icl.chapters import CHAPTERS
+from icl.record import RECORD_DIR_VARIABLE, versions
 
 BUILD_PACKAGES = ("jupyter-book", "sphinx", "myst-nb", "sphinx-book-theme", "papermill", "jupytext", "seaborn")
 

@@ -64,7 +64,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 @lru_cache(maxsize=1)
 def source_hash() -> str:
     """SHA-256 over the path and bytes of every ``.py`` file of the installed ``icl`` package."""
-    package = Path(__file__).resolve().parent
+    return tree_hash(Path(__file__).resolve().parent)
+
+
+def tree_hash(package: Path) -> str:
+    """SHA-256 over the relative path and bytes of every ``.py`` file under ``package``."""
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode())

@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from icl.config import finite_float, positive_int, square_matrix
+from icl.rng import streams
 
 TaskPrior = Literal["identity", "inverse_covariance"]
 TASK_PRIORS: tuple[str, ...] = ("identity", "inverse_covariance")
@@ -34,6 +35,9 @@ class RegressionBatch(NamedTuple):
     x_query: torch.Tensor
     y_query: torch.Tensor
     w: torch.Tensor
+
+
+AHN_SPECTRUM: tuple[float, ...] = (1.0, 1.0, 0.25, 0.0625, 1.0)  # Ahn et al. 2023's Σ eigenvalues (papers/README §1.8)
 
 
 def check_covariance(covariance: torch.Tensor, name: str = "covariance") -> torch.Tensor:
@@ -200,3 +204,10 @@ def restrict_dimensions(batch: RegressionBatch, active: int) -> RegressionBatch:
     y = batch.y - (batch.X @ dropped_w.unsqueeze(-1)).squeeze(-1)
     y_query = batch.y_query - (batch.x_query * dropped_w).sum(-1)
     return RegressionBatch(X=X, y=y, x_query=x_query, y_query=y_query, w=batch.w)
+
+
+def rotated_covariances(spectrum: tuple[float, ...], n_seeds: int, *, seed: int, device: str) -> torch.Tensor:
+    """(S, d, d) float64: U diag(spectrum) Uᵀ with a random rotation U per seed, from the seed's task stream."""
+    generator = streams(seed, device).task
+    eigenvalues = torch.tensor(spectrum, dtype=torch.float64)
+    return torch.stack([covariance_from_spectrum(eigenvalues, generator=generator) for _ in range(n_seeds)]).to(device)

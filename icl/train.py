@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
+from icl import store
 from icl.config import finite_float, one_of, positive_int
 from icl.store import atomic_torch_save
 from icl.tasks import RegressionBatch, restrict_dimensions
@@ -119,7 +120,7 @@ def train(
     If ``checkpoint`` exists it is loaded and training resumes from its step (the caller keys the path
     by the run's configuration, so a checkpoint is never shared between different runs). The last
     step writes one too, so resuming a finished run returns at once; the caller deletes it once the
-    result is safe elsewhere (:func:`icl.experiments.common.fit_cached` does, after the store has it).
+    result is safe elsewhere (:func:`fit_cached` does, after the store has it).
     """
     if config.optimiser == "sgd":  # the loss sums the members' MSEs, so each member's step is its own
         optimiser: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
@@ -232,3 +233,48 @@ def _clip_per_model_(model: torch.nn.Module, max_norm: float) -> None:
 def _stacked(steps: list[int], snapshots: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     stacked = {name: torch.stack([s[name] for s in snapshots]) for name in snapshots[0]} if snapshots else {}
     return {"snapshot_steps": torch.tensor(steps, dtype=torch.long), "snapshots": stacked}
+
+
+def fit_cached(
+    name: str,
+    config: Any,
+    part: str,
+    model: torch.nn.Module,
+    sample: PromptSampler,
+    train_config: TrainConfig,
+    *,
+    generator: torch.Generator,
+    progress: bool,
+    description: str = "",
+    snapshot_every: int | None = None,
+    objective: Objective = query_loss,
+) -> TrainResult:
+    """Train ``model`` in place, or load its trained weights from the store; returns the loss curves (steps, E)
+    and, with ``snapshot_every``, the parameters over training (see :class:`icl.train.TrainResult`).
+
+    The store key is (``name``-``part``, ``config``, icl's source hash); ``part`` is a short slug
+    naming the sub-run (``"n20"``). While training, a checkpoint
+    under the same key lets a killed run resume; the trained state is stored only once complete.
+    """
+    key = f"{name}-{part}"
+
+    def compute() -> dict[str, Any]:
+        checkpoint = store.checkpoint_path(store.config_key(key, config))
+        result = train(
+            model,
+            sample,
+            train_config,
+            generator=generator,
+            checkpoint=checkpoint,
+            progress=progress,
+            description=description or part,
+            snapshot_every=snapshot_every,
+            objective=objective,
+        )
+        return {"state": model.state_dict(), **result._asdict()}
+
+    stored = store.cached(key, config, compute)
+    # Only now, with the trained state stored, may the checkpoint go: a kill before this line resumes.
+    store.checkpoint_path(store.config_key(key, config)).unlink(missing_ok=True)
+    model.load_state_dict(stored["state"])
+    return TrainResult(*(stored[field] for field in TrainResult._fields))

@@ -45,7 +45,7 @@ def test_every_figure_is_folded_and_captioned(path: Path) -> None:
         figure = cell.metadata.get("mystnb", {}).get("figure", {})
         assert figure.get("name", "").startswith("fig-"), f"figure without a name: {first_line}"
         assert len(figure.get("caption", "").split()) >= 8, f"figure without a real caption: {first_line}"
-    thumbnails = sum("chapters.save_thumbnail(" in c.source for c in figures)
+    thumbnails = sum("record.save_thumbnail(" in c.source for c in figures)
     assert thumbnails == 1, "one figure should be the chapter's thumbnail on the intro page"
 
 
@@ -55,8 +55,8 @@ def test_claim_check_records_offers_and_verifies(path: Path) -> None:
     record = [
         i
         for i, c in enumerate(cells)
-        if f'chapters.record(\n    "{path.stem}"' in c.source or f'chapters.record("{path.stem}"' in c.source
+        if f'record.write(\n    "{path.stem}"' in c.source or f'record.write("{path.stem}"' in c.source
     ]
     assert len(record) == 1, "the chapter records its numbers exactly once, under its own name"
-    assert "chapters.download_link(" in cells[record[0]].source
+    assert "record.download_link(" in cells[record[0]].source
     assert any(c.source.strip() == "checks.verify()" for c in cells[record[0] + 1 :]), "no checks.verify() after it"

@@ -195,7 +195,7 @@ def test_list_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("book/01_setup_and_notation.md")
-    quick = presets.REGISTRY["one_step_pgd"].quick
+    quick = presets.experiment("one_step_pgd").QUICK
     expected = ["n_seeds", "quick", str(quick.get("n_seeds", 5)), "paper", "5"]
     assert any(line.split()[:5] == expected for line in lines)
 

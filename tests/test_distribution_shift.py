@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from icl import presets
+from icl.checks import family_z
 from icl.experiments import distribution_shift
-from icl.experiments.prompt_length import family_z
 
 TINY = dict(
     spectrum=(1.0, 1.0, 1.0),

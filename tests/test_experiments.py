@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import evaluate, presets, tasks
+from icl import evaluate, presets, tasks, train
 from icl.checks import ClaimCheckFailed
-from icl.experiments import common, one_step_pgd
+from icl.experiments import one_step_pgd
 
 TINY = dict(
     dim=3, n_context=6, n_context_sweep=(4, 6), n_seeds=2, train_steps=40, batch_size=64, n_test=2000, device="cpu"
@@ -50,7 +50,7 @@ def test_second_run_comes_from_the_store(stored, monkeypatch: pytest.MonkeyPatch
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the store holds the result")
 
-    monkeypatch.setattr(common, "train", no_training)
+    monkeypatch.setattr(train, "train", no_training)
     assert_same(stored[0], tiny_result(monkeypatch, stored[1]))
 
 
@@ -112,14 +112,14 @@ def test_no_checkpoint_is_left_once_the_results_are_stored(stored) -> None:
 
 def test_monte_carlo_predictions_fill_every_prompt_in_chunk_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunked evaluation returns, per predictor and for the targets, exactly the chunks' outputs side by side."""
-    monkeypatch.setattr(common, "EVAL_CONTEXT_EXAMPLES", 70)  # n = 10: chunks of 7 prompts, the last one of 4
+    monkeypatch.setattr(evaluate, "EVAL_CONTEXT_EXAMPLES", 70)  # n = 10: chunks of 7 prompts, the last one of 4
     covariance = torch.eye(3).expand(2, 3, 3)
 
     def sample(size: int, generator: torch.Generator):
         return tasks.sample_regression(size, 10, covariance, generator=generator)
 
     first = torch.Generator().manual_seed(5)
-    out = common.monte_carlo_predictions(25, 10, lambda size: sample(size, first), {"mean": lambda b: b.y.mean(-1)})
+    out = evaluate.monte_carlo_predictions(25, 10, lambda size: sample(size, first), {"mean": lambda b: b.y.mean(-1)})
     second = torch.Generator().manual_seed(5)
     chunks = [sample(size, second) for size in (7, 7, 7, 4)]
     assert set(out) == {"target", "mean"} and out["mean"].shape == (2, 25)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import evaluate, presets, tasks
-from icl.experiments import common, multi_step_pgd
+from icl import evaluate, presets, tasks, train
+from icl.experiments import multi_step_pgd
 
 TINY = dict(spectrum=(1.0, 0.5, 0.25), n_context=6, n_layers=2, n_seeds=2, train_steps=30, batch_size=64, n_test=2000)
 
@@ -40,7 +40,7 @@ def test_second_run_comes_from_the_store(stored, monkeypatch: pytest.MonkeyPatch
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the store holds the result")
 
-    monkeypatch.setattr(common, "train", no_training)
+    monkeypatch.setattr(train, "train", no_training)
     assert_same(stored[0], tiny_result(monkeypatch, stored[1]))
 
 
@@ -67,7 +67,7 @@ def test_whitening() -> None:
     covariance = tasks.covariance_from_spectrum(torch.tensor([1.0, 0.25, 0.0625]), generator=torch.Generator())
     S = covariance[None]
     A = torch.stack([0.7 * torch.linalg.inv(covariance), torch.eye(3, dtype=torch.float64)])[None]  # (1, 2, d, d)
-    whitened = multi_step_pgd.whiten(A, S)
+    whitened = evaluate.whiten(A, S)
     torch.testing.assert_close(whitened[0, 0], 0.7 * torch.eye(3, dtype=torch.float64))
     torch.testing.assert_close(whitened[0, 1], covariance)
     distances = evaluate.distance_to_identity(whitened)

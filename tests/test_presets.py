@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from icl import presets, store
+from icl import chapters, presets, store
+from icl.config import ExperimentConfig
+from icl.experiments import one_step_pgd
 from icl.experiments.one_step_pgd import OneStepPGDConfig
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")
@@ -31,7 +34,7 @@ def test_paper_preset_is_the_papers_setup() -> None:
 def test_quick_preset_changes_only_what_it_says() -> None:
     quick, paper = presets.get("one_step_pgd", "quick"), presets.get("one_step_pgd", "paper")
     changed = {f.name for f in dataclasses.fields(quick) if getattr(quick, f.name) != getattr(paper, f.name)}
-    assert changed == set(presets.REGISTRY["one_step_pgd"].quick) == set(presets.REGISTRY["one_step_pgd"].why_quick)
+    assert changed == set(one_step_pgd.QUICK) == set(one_step_pgd.WHY_QUICK)
     assert quick.train_steps < paper.train_steps and quick.n_test <= paper.n_test
 
 
@@ -41,7 +44,7 @@ def test_preset_none_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("ICL_PRESET", "paper")
     assert presets.resolve_preset(None) == "paper"
     assert presets.get("one_step_pgd", None) == presets.get("one_step_pgd", "paper")
-    quick_steps = presets.REGISTRY["one_step_pgd"].quick["train_steps"]
+    quick_steps = one_step_pgd.QUICK["train_steps"]
     assert quick_steps != 20_000
     assert presets.get("one_step_pgd", "quick").train_steps == quick_steps  # an explicit preset wins
     monkeypatch.setenv("ICL_PRESET", "")
@@ -70,9 +73,7 @@ def test_configs_are_frozen_and_hashable() -> None:
         (lambda: presets.get("one_step_pgd", "huge"), r"unknown preset 'huge'; choose one of \['paper', 'quick'\]"),
         (
             lambda: presets.get("nope", "quick"),
-            r"unknown experiment 'nope'; choose one of "
-            r"\['distribution_shift', 'full_form_gdpp', 'gradient_flow', 'looped_gd', 'multi_step_pgd', "
-            r"'one_step_pgd', 'prompt_length', 'softmax_shift', 'von_oswald_gd'\]",
+            r"unknown experiment 'nope'; choose one of \['distribution_shift', .*'trained_transformers_do_gd'\]",
         ),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=5), r"unknown parameter 'n_ctx' for one_step_pgd"),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=None), r"unknown parameter 'n_ctx'"),
@@ -129,12 +130,12 @@ def test_device_is_resolved() -> None:
 
 
 def test_changes_lists_what_quick_changes_and_why() -> None:
-    table = presets.changes("one_step_pgd", presets.get("one_step_pgd", "quick", n_context=40))
+    table = presets.changes(presets.get("one_step_pgd", "quick", n_context=40))
     rows = {row[0]: row for row in table.rows}
     assert "device" not in rows and "seed" not in rows
     assert set(rows) == set(presets.parameter_names("one_step_pgd")) - {"device", "seed"}
-    quick = presets.REGISTRY["one_step_pgd"].quick
-    why = presets.REGISTRY["one_step_pgd"].why_quick
+    quick = one_step_pgd.QUICK
+    why = one_step_pgd.WHY_QUICK
     assert rows["train_steps"][1:] == (f"{quick['train_steps']:,}", "20,000", why["train_steps"])
     assert rows["condition_number"][1:] == (f"{quick['condition_number']:g}", "16", why["condition_number"])
     assert rows["n_context"][1:3] == ("40", "20")  # an override shows, though quick gives no reason for it
@@ -149,7 +150,7 @@ def test_changes_lists_what_quick_changes_and_why() -> None:
 
 
 def test_changes_of_the_paper_preset_gives_no_reasons() -> None:
-    table = presets.changes("one_step_pgd", presets.get("one_step_pgd", "paper"))
+    table = presets.changes(presets.get("one_step_pgd", "paper"))
     assert all(row[1] == row[2] and row[3] == "" for row in table.rows)
 
 
@@ -158,3 +159,28 @@ def test_equal_configs_share_a_store_key() -> None:
     real = presets.get("one_step_pgd", "quick", condition_number=4.0)
     assert integer == real
     assert store.config_key("one_step_pgd", integer) == store.config_key("one_step_pgd", real)
+
+
+def test_every_experiment_declares_its_presets_beside_its_config() -> None:
+    """The paper's values are the config's defaults (one place); QUICK and WHY_QUICK name the same fields."""
+    assert presets.experiments() == tuple(sorted(c.experiment for c in chapters.CHAPTERS.values() if c.experiment))
+    for name in presets.experiments():
+        module = presets.experiment(name)
+        assert dataclasses.is_dataclass(module.CONFIG) and issubclass(module.CONFIG, ExperimentConfig)
+        assert set(module.QUICK) == set(module.WHY_QUICK) <= set(presets.parameter_names(name)), name
+        assert presets.get(name, "paper", device="cpu") == module.CONFIG(device="cpu")
+
+
+def test_the_presets_module_imports_no_experiment_by_name() -> None:
+    source = Path(presets.__file__).read_text()
+    assert "icl.experiments import" not in source and "from icl.experiments." not in source
+
+
+def test_an_unknown_experiment_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; choose one of .*one_step_pgd"):
+        presets.get("nope")
+
+
+def test_parameter_names_put_the_experiments_own_fields_first() -> None:
+    names = presets.parameter_names("one_step_pgd")
+    assert names[:2] == ("dim", "n_context") and names[-2:] == ("seed", "device")

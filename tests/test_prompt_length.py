@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from icl import presets, tasks, theory
+from icl.checks import family_z
+from icl.evaluate import query_averaged_error
 from icl.experiments import prompt_length
-from icl.experiments.common import query_averaged_error
 
 TINY = dict(
     spectrum=(1.5, 1.0, 0.5),
@@ -47,7 +48,7 @@ def test_the_theorems_predictor_matches_r_and_the_wrong_normaliser_does_not() ->
     config = tiny(n_test=40_000, train_steps=1)
     r = prompt_length.run(config, progress=False)
     z = ((r.theorem_error - r.theory_error) / r.theorem_error_se).abs()
-    assert z.max() < prompt_length.family_z(z.numel())
+    assert z.max() < family_z(z.numel())
     # 1/N kept at test time: its Monte Carlo error with the trained models is far from R at M ≫ N
     assert (r.fixed_normaliser_error[-1, 0] / r.theory_error[-1, 0]) > 2
 
@@ -75,8 +76,8 @@ def test_undertrained_run_fails_its_claim_checks() -> None:
 
 
 def test_family_z() -> None:
-    assert round(prompt_length.family_z(1, 0.001), 2) == 3.29
-    assert round(prompt_length.family_z(28), 2) == 3.57
+    assert round(family_z(1, 0.001), 2) == 3.29
+    assert round(family_z(28), 2) == 3.57
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from icl import chapters, site  # noqa: E402
+from icl import chapters, record, site  # noqa: E402
 from icl.checks import ClaimChecks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +29,8 @@ def _checks(*, fail: bool = False) -> ClaimChecks:
 
 
 def _write_record(folder: Path, slug: str, *, fail: bool = False, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv(chapters.RECORD_DIR_VARIABLE, str(folder))
-    return chapters.record(slug, preset="quick", config={"device": "cpu"}, checks=_checks(fail=fail), arrays={})
+    monkeypatch.setenv(record.RECORD_DIR_VARIABLE, str(folder))
+    return record.write(slug, preset="quick", config={"device": "cpu"}, checks=_checks(fail=fail), arrays={})
 
 
 def test_record_holds_preset_and_run_statistics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,13 +40,15 @@ def test_record_holds_preset_and_run_statistics(tmp_path: Path, monkeypatch: pyt
     assert content["run"]["seconds"] > 0 and content["run"]["peak_memory_mib"] > 10
     assert content["run"]["versions"]["torch"]
     assert json.loads((tmp_path / "02_one_step_pgd.json").read_text()) == content
-    monkeypatch.delenv(chapters.RECORD_DIR_VARIABLE)
-    assert chapters.record("x", preset=None, config={}, checks=_checks(), arrays={})["preset"] == "paper"
+    assert content["schema"] == record.SCHEMA and "elapsed_seconds" not in content and "versions" not in content
+    monkeypatch.delenv(record.RECORD_DIR_VARIABLE)
+    with pytest.raises(ValueError, match="preset must be one of"):  # the chapter resolves its preset, once
+        record.write("x", preset=None, config={}, checks=_checks(), arrays={})
 
 
 def test_download_link_embeds_the_record() -> None:
-    content = chapters.record("02_one_step_pgd", preset="quick", config={}, checks=_checks(), arrays={"a": [1.5]})
-    markup = chapters.download_link(content)._repr_html_()
+    content = record.write("02_one_step_pgd", preset="quick", config={}, checks=_checks(), arrays={"a": [1.5]})
+    markup = record.download_link(content)._repr_html_()
     href = re.search(r'href="data:application/json;base64,([^"]+)"', markup)
     assert href and 'download="02_one_step_pgd.json"' in markup
     assert json.loads(base64.b64decode(href.group(1))) == json.loads(json.dumps(content))
@@ -55,11 +57,11 @@ def test_download_link_embeds_the_record() -> None:
 def test_thumbnail_written_only_in_a_recorded_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     figure, ax = plt.subplots(figsize=(6.0, 3.0))
     ax.plot([0, 1], [1, 0])
-    monkeypatch.delenv(chapters.RECORD_DIR_VARIABLE, raising=False)
-    chapters.save_thumbnail("02_one_step_pgd", figure)
+    monkeypatch.delenv(record.RECORD_DIR_VARIABLE, raising=False)
+    record.save_thumbnail("02_one_step_pgd", figure)
     assert not list(tmp_path.iterdir())
-    monkeypatch.setenv(chapters.RECORD_DIR_VARIABLE, str(tmp_path))
-    chapters.save_thumbnail("02_one_step_pgd", figure)
+    monkeypatch.setenv(record.RECORD_DIR_VARIABLE, str(tmp_path))
+    record.save_thumbnail("02_one_step_pgd", figure)
     data = (tmp_path / "02_one_step_pgd.png").read_bytes()
     assert data.startswith(b"\x89PNG")
     width = int.from_bytes(data[16:20], "big")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,10 +93,20 @@ def test_a_different_source_hash_is_another_entry(tmp_path: Path, monkeypatch: p
     assert compute.calls == 2
 
 
-def test_source_hash_covers_the_package() -> None:
-    digest = store.source_hash()
-    assert len(digest) == 64 and int(digest, 16) >= 0
-    assert store.source_hash() == digest
+def test_source_hash_covers_the_package(tmp_path: Path) -> None:
+    """The hash is that of the package's own files; editing, adding or renaming any module changes it."""
+    package = Path(store.__file__).resolve().parent
+    copy = tmp_path / "icl"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert store.tree_hash(copy) == store.source_hash() and len(store.source_hash()) == 64
+    edited = copy / "models" / "linear.py"
+    edited.write_text(edited.read_text() + "# an edit\n")
+    after_edit = store.tree_hash(copy)
+    assert after_edit != store.source_hash()
+    (copy / "extra.py").write_text("")
+    with_extra = store.tree_hash(copy)
+    (copy / "extra.py").rename(copy / "extra2.py")
+    assert len({after_edit, with_extra, store.tree_hash(copy)}) == 3
 
 
 def test_a_failing_compute_leaves_nothing(tmp_path: Path) -> None:

@@ -16,33 +16,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import torch
 
 from icl import rng, tasks, theory
-from icl.checks import ClaimChecks
-from icl.config import finite_float, int_tuple, positive_float_tuple, positive_int
-from icl.experiments.common import (
-    balanced_one_layer,
-    checked_query_weights,
-    fit_cached,
-    mean_and_se,
-    monte_carlo_predictions,
-    query_averaged_error,
-    validate_device,
-    validate_seed,
+from icl.checks import ClaimChecks, family_z
+from icl.config import (
+    LinearExperimentConfig,
+    finite_float,
+    int_tuple,
+    positive_float_tuple,
 )
-from icl.models import LinearTransformer
-from icl.train import TrainConfig
+from icl.evaluate import checked_query_weights, mean_and_se, monte_carlo_predictions, query_averaged_error
+from icl.models import LinearTransformer, balanced_one_layer
+from icl.train import TrainConfig, fit_cached
 
 NAME = "prompt_length"
-FAMILY_FALSE_ALARM = 0.01  # the chance that a perfect model fails the every-point check somewhere, by chance
 
 
 @dataclass(frozen=True)
-class PromptLengthConfig:
+class PromptLengthConfig(LinearExperimentConfig):
     """The experiment's parameters; every field is validated on construction. Training is Adam on the book's MSE
     from ZFB's balanced start of scale ``init_scale`` (see chapter 07)."""
 
@@ -50,19 +44,15 @@ class PromptLengthConfig:
     train_contexts: tuple[int, ...] = (5, 10, 20, 80)
     test_contexts: tuple[int, ...] = (5, 10, 20, 40, 80, 140, 200)
     init_scale: float = 0.5
-    n_seeds: int = 5
     train_steps: int = 4000
     batch_size: int = 4096
     learning_rate: float = 0.02
     init_std: float = 1e-6
     n_test: int = 400_000
-    seed: int = 0
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        def put(name: str, value: object) -> None:
-            object.__setattr__(self, name, value)
-
+        super().__post_init__()  # the shared training fields
+        put = self._set
         put("spectrum", positive_float_tuple("spectrum", self.spectrum))
         put("train_contexts", int_tuple("train_contexts", self.train_contexts))
         put("test_contexts", int_tuple("test_contexts", self.test_contexts))
@@ -71,17 +61,21 @@ class PromptLengthConfig:
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} must not repeat a length, got {values}")
         put("init_scale", finite_float("init_scale", self.init_scale, minimum=0.0, strict=True))
-        for name in ("n_seeds", "train_steps", "batch_size"):
-            put(name, positive_int(name, getattr(self, name)))
-        put("learning_rate", finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True))
-        put("init_std", finite_float("init_std", self.init_std, minimum=0.0, strict=True))
-        put("n_test", positive_int("n_test", self.n_test, minimum=2))
-        put("seed", validate_seed(self.seed))
-        validate_device(self.device)
 
     @property
     def dim(self) -> int:
         return len(self.spectrum)
+
+
+CONFIG = PromptLengthConfig
+# What `quick` changes against the paper (the config's defaults), and why (see icl.presets).
+QUICK: dict[str, Any] = dict(n_seeds=3, train_steps=2000, batch_size=1024, n_test=100_000)
+WHY_QUICK: dict[str, str] = dict(
+    n_seeds="3 seeds, the fewest the book's checks accept",
+    train_steps="half the Adam steps",
+    batch_size="4× smaller batches; the cosine learning-rate decay averages the extra noise",
+    n_test="a quarter of the test set: wider error bars, stated in every check",
+)
 
 
 class PromptLengthResult(NamedTuple):
@@ -220,12 +214,6 @@ def _limit_error(preconditioner: torch.Tensor, covariance: torch.Tensor) -> torc
     A, lam = preconditioner, covariance
     trace = lambda X: torch.diagonal(X, dim1=-2, dim2=-1).sum(-1)  # noqa: E731
     return torch.trace(lam) - 2 * trace(A @ lam @ lam) + trace(A.mT @ lam @ A @ lam @ lam)
-
-
-def family_z(points: int, false_alarm: float = FAMILY_FALSE_ALARM) -> float:
-    """The two-sided normal quantile that ``points`` independent estimates all stay within with probability
-    1 − ``false_alarm`` (Bonferroni): 3.29 for one point at 0.1 %, 3.57 for 28 points at 1 %."""
-    return NormalDist().inv_cdf(1 - false_alarm / (2 * positive_int("points", points)))
 
 
 def claim_checks(result: PromptLengthResult) -> ClaimChecks:

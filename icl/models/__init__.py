@@ -6,6 +6,7 @@ from icl.models.linear import (
     LinearTransformer,
     Parameterisation,
     add_balanced_initialisation_,
+    balanced_one_layer,
     lsa_layer,
 )
 from icl.models.softmax import SoftmaxTransformer, all_prefix_loss
@@ -16,6 +17,7 @@ __all__ = [
     "Parameterisation",
     "SoftmaxTransformer",
     "add_balanced_initialisation_",
+    "balanced_one_layer",
     "all_prefix_loss",
     "lsa_layer",
 ]

@@ -333,3 +333,15 @@ def add_balanced_initialisation_(model: LinearTransformer, scale: float, *, gene
     gram = gram / torch.linalg.matrix_norm(gram)[:, None, None]
     model.P[:, :, d, d] += scale
     model.Q[:, :, :d, :d] -= scale * gram.unsqueeze(1)
+
+
+def balanced_one_layer(
+    dim: int, n_models: int, *, scale: float, init_std: float, generator: torch.Generator
+) -> LinearTransformer:
+    """``n_models`` one-layer full models at Zhang, Frei and Bartlett's balanced start of scale ``scale`` (one Θ per
+    model), every other entry N(0, init_std²): the start of chapters 07 and 08."""
+    model = LinearTransformer(
+        dim, 1, parameterisation="full", n_models=n_models, init_std=init_std, generator=generator
+    )
+    add_balanced_initialisation_(model, scale, generator=generator)
+    return model

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import baselines, presets, tasks, theory
-from icl.experiments import common, looped_gd
+from icl import baselines, presets, tasks, theory, train
+from icl.experiments import looped_transformers
 from icl.models import LinearTransformer
 
 F64 = torch.float64
@@ -55,7 +55,7 @@ def test_loop_trajectory_is_gd_with_the_shared_preconditioner() -> None:
     d, n, loops = 4, 9, 7
     A = 0.5 * torch.eye(d, dtype=F64) + 0.05 * torch.randn(d, d, generator=gen(1), dtype=F64)
     batch = prompts(40, n, d, seed=2)
-    trajectory = looped_gd.loop_trajectory(looped_model(A), batch, loops)
+    trajectory = looped_transformers.loop_trajectory(looped_model(A), batch, loops)
     assert trajectory.squared_error.shape == (loops, 1, 40) and trajectory.diverging is None
     for k in (1, 3, loops):
         gd = baselines.preconditioned_gd(batch.X, batch.y, batch.x_query, A.mT.expand(1, d, d), n_steps=k)
@@ -68,7 +68,7 @@ def test_divergence_is_detected_exactly_where_a_lambda_max_exceeds_two() -> None
     d, n = 5, 10
     a = theory.optimal_looped_step_size(d, n, 2).step_sizes[0].item()
     batch = prompts(3000, n, d, seed=3)
-    trajectory = looped_gd.loop_trajectory(looped_model(a * torch.eye(d, dtype=F64)), batch, 3, detect=True)
+    trajectory = looped_transformers.loop_trajectory(looped_model(a * torch.eye(d, dtype=F64)), batch, 3, detect=True)
     largest = torch.linalg.eigvalsh(batch.X.mT @ batch.X / n)[..., -1]  # (1, B)
     predicted = a * largest > 2
     clear = (a * largest - 2).abs() > 0.01
@@ -81,7 +81,7 @@ def test_a_leftover_u_p_sets_the_floor_that_looping_converges_to() -> None:
     d, n = 3, 12
     u_P = torch.tensor([0.03, -0.02, 0.01], dtype=F64)
     batch = prompts(200, n, d, seed=4)
-    trajectory = looped_gd.loop_trajectory(looped_model(0.5 * torch.eye(d, dtype=F64), u_P=u_P), batch, 400)
+    trajectory = looped_transformers.loop_trajectory(looped_model(0.5 * torch.eye(d, dtype=F64), u_P=u_P), batch, 400)
     eigenvalues = torch.linalg.eigvalsh(batch.X.mT @ batch.X / n)[0]
     stable = (0.5 * eigenvalues[:, -1] < 1.9) & ((1 - 0.5 * eigenvalues[:, 0]) ** 400 < 1e-8)  # converged by loop 400
     assert stable.double().mean() > 0.5
@@ -92,35 +92,37 @@ def test_a_leftover_u_p_sets_the_floor_that_looping_converges_to() -> None:
 def test_the_gd_twin_has_the_model_scale_and_no_u() -> None:
     model = looped_model(0.3 * torch.eye(2, dtype=F64), u_P=torch.ones(2, dtype=F64), u_Q=torch.ones(2, dtype=F64))
     covariance = torch.tensor([[[2.0, 0.5], [0.5, 1.0]]], dtype=F64)
-    twin = looped_gd.gd_with_shared_step(model, torch.tensor([0.7], dtype=F64), covariance)
+    twin = looped_transformers.gd_with_shared_step(model, torch.tensor([0.7], dtype=F64), covariance)
     torch.testing.assert_close(twin.A[0, 0], 0.7 * torch.linalg.inv(covariance[0]))
     assert (twin.u_P == 0).all() and (twin.u_Q == 0).all() and (model.u_P == 1).all()
 
 
 def test_worst_rise_ignores_the_floor_and_counts_overflow() -> None:
     curve = torch.tensor([[1.0, 1.0], [0.5, 0.5], [0.25, 0.6], [0.26, float("inf")]], dtype=F64)
-    assert looped_gd._worst_rise(curve, torch.tensor([0.3, 0.0], dtype=F64)) == float("inf")
-    assert looped_gd._worst_rise(curve[:, :1], torch.tensor([0.3], dtype=F64)) == 0.5  # the rise to 0.26 is below
-    assert looped_gd._worst_rise(curve[:3, 1:], torch.tensor([0.0], dtype=F64)) == pytest.approx(1.2)
+    assert looped_transformers._worst_rise(curve, torch.tensor([0.3, 0.0], dtype=F64)) == float("inf")
+    assert (
+        looped_transformers._worst_rise(curve[:, :1], torch.tensor([0.3], dtype=F64)) == 0.5
+    )  # the rise to 0.26 is below
+    assert looped_transformers._worst_rise(curve[:3, 1:], torch.tensor([0.0], dtype=F64)) == pytest.approx(1.2)
 
 
 # --- a tiny run -------------------------------------------------------------------------------------------------------
 
 
-def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> looped_gd.LoopedResult:
+def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> looped_transformers.LoopedResult:
     monkeypatch.setenv("ICL_STORE", store)
-    config = presets.get("looped_gd", "quick", device="cpu", **{**TINY, **changes})
-    return looped_gd.run(config, progress=False)
+    config = presets.get("looped_transformers", "quick", device="cpu", **{**TINY, **changes})
+    return looped_transformers.run(config, progress=False)
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[looped_gd.LoopedResult, str]:
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[looped_transformers.LoopedResult, str]:
     store = str(tmp_path_factory.mktemp("store"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         return tiny_result(monkeypatch, store), store
 
 
-def assert_same(a: looped_gd.LoopedResult, b: looped_gd.LoopedResult) -> None:
+def assert_same(a: looped_transformers.LoopedResult, b: looped_transformers.LoopedResult) -> None:
     for name, value in a._asdict().items():
         if name == "elapsed_seconds":
             continue
@@ -141,7 +143,7 @@ def test_second_run_comes_from_the_store(stored, monkeypatch: pytest.MonkeyPatch
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the store holds the result")
 
-    monkeypatch.setattr(common, "train", no_training)
+    monkeypatch.setattr(train, "train", no_training)
     assert_same(stored[0], tiny_result(monkeypatch, stored[1]))
 
 
@@ -178,14 +180,14 @@ def test_the_values_of_l_can_train_as_one_ensemble(stored, monkeypatch, tmp_path
             assert getattr(joint, name).shape == value.shape, name
     assert torch.equal(joint.optimal_step_size, stored[0].optimal_step_size)
     assert not torch.equal(joint.whitened, stored[0].whitened)
-    assert presets.get("looped_gd", "quick", device="cpu", **TINY).joint_loops is False
+    assert presets.get("looped_transformers", "quick", device="cpu", **TINY).joint_loops is False
     with pytest.raises(ValueError, match="batch_loops"):
-        presets.get("looped_gd", "quick", device="cpu", **{**TINY, "batch_loops": "yes"})
+        presets.get("looped_transformers", "quick", device="cpu", **{**TINY, "batch_loops": "yes"})
 
 
 def test_undertrained_models_fail_the_claim_checks(stored) -> None:
-    config = presets.get("looped_gd", "quick", device="cpu", **TINY)
-    checks = looped_gd.claim_checks(stored[0], config)
+    config = presets.get("looped_transformers", "quick", device="cpu", **TINY)
+    checks = looped_transformers.claim_checks(stored[0], config)
     assert not checks.passed
     assert checks.records() and any(not c["passed"] for c in checks.records())
 
@@ -208,9 +210,9 @@ def test_undertrained_models_fail_the_claim_checks(stored) -> None:
 )
 def test_bad_parameters_are_named(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        presets.get("looped_gd", "quick", device="cpu", **{**TINY, **change})
+        presets.get("looped_transformers", "quick", device="cpu", **{**TINY, **change})
 
 
 def test_the_sweep_always_holds_the_main_context_length() -> None:
-    config = presets.get("looped_gd", "quick", device="cpu", **TINY)
+    config = presets.get("looped_transformers", "quick", device="cpu", **TINY)
     assert config.n_sweep == (6, 12) and config.looping_contexts == (6, 12)

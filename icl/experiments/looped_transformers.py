@@ -34,20 +34,20 @@ import torch
 
 from icl import evaluate, rng, tasks, theory
 from icl.checks import ClaimChecks
-from icl.config import finite_float, int_tuple, positive_float_tuple, positive_int
-from icl.experiments.common import (
-    fit_cached,
-    monte_carlo_predictions,
-    rotated_covariances,
-    validate_device,
-    validate_seed,
+from icl.config import (
+    LinearExperimentConfig,
+    finite_float,
+    int_tuple,
+    positive_float_tuple,
+    positive_int,
 )
-from icl.experiments.multi_step_pgd import whiten
+from icl.evaluate import monte_carlo_predictions, whiten
 from icl.models import LinearTransformer
+from icl.tasks import rotated_covariances
 from icl.tokens import to_tokens
-from icl.train import TrainConfig
+from icl.train import TrainConfig, fit_cached
 
-NAME = "looped_gd"
+NAME = "looped_transformers"
 SNAPSHOTS = 100
 LOOPING_CHUNK = 2500  # prompts per model at a time when looping on at test time (float64 tokens)
 DETECTION_LOOPS = 200
@@ -57,7 +57,7 @@ ROUND_OFF = 1e-10  # updates below this fraction of the labels' norm are float64
 
 
 @dataclass(frozen=True)
-class LoopedConfig:
+class LoopedConfig(LinearExperimentConfig):
     """The experiment's parameters; every field is validated on construction."""
 
     dim: int = 10
@@ -68,25 +68,19 @@ class LoopedConfig:
     looping_from: tuple[int, ...] = (2, 5)
     max_test_loops: int = 50
     ood_ranges: tuple[float, ...] = (0.25, 1.0, 0.5, 2.0, 0.25, 4.0)
-    n_seeds: int = 5
-    train_steps: int = 4000
+    train_steps: int = 3000
     batch_size: int = 4096
     learning_rate: float = 0.02
     clip_norm: float = 100.0
     batch_loops: bool | None = None
-    init_std: float = 1e-3
     u_init_std: float = 0.05
-    n_test: int = 100_000
     n_looping_test: int = 20_000
     n_divergence_samples: int = 400_000
-    seed: int = 0
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        def put(name: str, value: object) -> None:
-            object.__setattr__(self, name, value)
-
-        for name in ("dim", "n_context", "n_seeds", "train_steps", "batch_size"):
+        super().__post_init__()  # the shared training fields
+        put = self._set
+        for name in ("dim", "n_context"):
             put(name, positive_int(name, getattr(self, name)))
         put("loops", tuple(sorted(set(int_tuple("loops", self.loops)))))
         put("n_sweep", tuple(sorted(set(int_tuple("n_sweep", self.n_sweep)) | {self.n_context})))
@@ -101,12 +95,10 @@ class LoopedConfig:
         put("ood_ranges", ranges)
         if self.batch_loops is not None and not isinstance(self.batch_loops, bool):
             raise ValueError(f"batch_loops must be True, False or None (auto), got {self.batch_loops!r}")
-        for name in ("learning_rate", "clip_norm", "init_std", "u_init_std"):
+        for name in ("clip_norm", "u_init_std"):
             put(name, finite_float(name, getattr(self, name), minimum=0.0, strict=True))
-        for name in ("n_test", "n_looping_test", "n_divergence_samples"):
+        for name in ("n_looping_test", "n_divergence_samples"):
             put(name, positive_int(name, getattr(self, name), minimum=2))
-        put("seed", validate_seed(self.seed))
-        validate_device(self.device)
 
     @property
     def joint_loops(self) -> bool:
@@ -125,6 +117,32 @@ class LoopedConfig:
         """Names of the test families: in distribution, then one per OOD eigenvalue range."""
         ranges = zip(self.ood_ranges[::2], self.ood_ranges[1::2], strict=True)
         return ("in distribution", *(f"eigenvalues in [{lo:g}, {hi:g}]" for lo, hi in ranges))
+
+
+CONFIG = LoopedConfig
+# What `quick` changes against the paper (the config's defaults), and why (see icl.presets).
+QUICK: dict[str, Any] = dict(
+    loops=(1, 2, 3),
+    looping_from=(2,),
+    n_seeds=3,
+    train_steps=800,
+    batch_size=1024,
+    learning_rate=0.05,
+    n_test=50_000,
+    n_looping_test=8000,
+    n_divergence_samples=200_000,
+)
+WHY_QUICK: dict[str, str] = dict(
+    loops="no 5-loop model: its heavy-tailed gradients need a lower learning rate and larger batches",
+    looping_from="test-time looping of the 2-loop models only",
+    n_seeds="3 seeds, the fewest the book's checks accept",
+    train_steps="4× fewer Adam steps, enough for L ≤ 3 at the higher learning rate (600 are not)",
+    batch_size="4× smaller batches",
+    learning_rate="2.5× higher, stable for L ≤ 3",
+    n_test="half the test set; standard errors are stated",
+    n_looping_test="40 % of the prompts looped on: the divergence check's standard error is 1.6× larger",
+    n_divergence_samples="half the Monte Carlo draws for the predicted share",
+)
 
 
 class LoopedResult(NamedTuple):

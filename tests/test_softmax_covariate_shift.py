@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from icl import presets, theory
-from icl.experiments import softmax_shift
+from icl.experiments import softmax_covariate_shift
 
 TINY = dict(
     dim=3,
@@ -24,19 +24,19 @@ TINY = dict(
 )
 
 
-def tiny(**overrides: object) -> softmax_shift.SoftmaxShiftConfig:
-    return presets.get("softmax_shift", "quick", device="cpu", **(TINY | overrides))
+def tiny(**overrides: object) -> softmax_covariate_shift.SoftmaxShiftConfig:
+    return presets.get("softmax_covariate_shift", "quick", device="cpu", **(TINY | overrides))
 
 
 def test_tiny_run_shapes_reproducibility_and_cache() -> None:
     config = tiny()
-    first = softmax_shift.run(config, progress=False)
+    first = softmax_covariate_shift.run(config, progress=False)
     P, S, K = 3, 2, 9
     assert first.softmax.shape == first.softmax_se.shape == (2, S, P, K)
     assert first.least_squares.shape == first.linear_fixed.shape == first.linear_random.shape == (P, K)
     assert first.conditions == ("I", "c = 1", "c = 4")
     torch.testing.assert_close(first.zero_levels, torch.tensor([1.0, 1.0, 4.0], dtype=torch.float64))
-    second = softmax_shift.run(config, progress=False)  # from the store
+    second = softmax_covariate_shift.run(config, progress=False)  # from the store
     for a, b in zip(first[:-1], second[:-1], strict=True):
         if isinstance(a, torch.Tensor):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -46,7 +46,7 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
 
 def test_isotropic_linear_errors_are_the_one_step_loss() -> None:
     variances = torch.tensor([[1.0, 2.0, 0.5], [3.0, 0.2, 1.0]], dtype=torch.float64)
-    errors = softmax_shift.isotropic_linear_errors(0.4, variances, 6)
+    errors = softmax_covariate_shift.isotropic_linear_errors(0.4, variances, 6)
     assert errors.shape == (2, 7)
     torch.testing.assert_close(errors[:, 0], variances.sum(-1))
     for c in range(2):
@@ -56,13 +56,13 @@ def test_isotropic_linear_errors_are_the_one_step_loss() -> None:
 
 
 def test_least_squares_baseline_on_identity_is_d_minus_m_over_d() -> None:
-    r = softmax_shift.run(tiny(n_test=2000), progress=False)
+    r = softmax_covariate_shift.run(tiny(n_test=2000), progress=False)
     expected = torch.clamp(1 - torch.arange(9) / 3, min=0).double()
     assert ((r.least_squares[0] - expected).abs() <= 4 * r.least_squares_se[0] + 1e-9).all()
 
 
 def test_undertrained_run_fails_its_claim_checks() -> None:
-    checks = softmax_shift.claim_checks(softmax_shift.run(tiny(train_steps=3), progress=False))
+    checks = softmax_covariate_shift.claim_checks(softmax_covariate_shift.run(tiny(train_steps=3), progress=False))
     assert not checks.passed
     with pytest.raises(AssertionError):
         checks.verify()

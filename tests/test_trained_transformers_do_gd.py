@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import baselines, presets, tasks
-from icl.experiments import common, von_oswald_gd
+from icl import baselines, presets, tasks, train
+from icl.experiments import trained_transformers_do_gd
 
 TINY = dict(dim=3, n_context=6, n_seeds=2, train_steps=30, batch_size=64, n_validation=500, n_test=1000)
 
 
-def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> von_oswald_gd.VonOswaldGDResult:
+def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> trained_transformers_do_gd.VonOswaldGDResult:
     monkeypatch.setenv("ICL_STORE", store)
-    config = presets.get("von_oswald_gd", "quick", device="cpu", **{**TINY, **changes})
-    return von_oswald_gd.run(config, progress=False)
+    config = presets.get("trained_transformers_do_gd", "quick", device="cpu", **{**TINY, **changes})
+    return trained_transformers_do_gd.run(config, progress=False)
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[von_oswald_gd.VonOswaldGDResult, str]:
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[trained_transformers_do_gd.VonOswaldGDResult, str]:
     store = str(tmp_path_factory.mktemp("store"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         return tiny_result(monkeypatch, store), store
@@ -33,7 +33,7 @@ def test_reproducible_and_cached(stored, monkeypatch: pytest.MonkeyPatch, tmp_pa
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the store holds the result")
 
-    monkeypatch.setattr(common, "train", no_training)
+    monkeypatch.setattr(train, "train", no_training)
     loaded = tiny_result(monkeypatch, stored[1])
     assert torch.equal(loaded.recurrent_loss, stored[0].recurrent_loss)
 
@@ -50,7 +50,7 @@ def test_shapes_constructions_and_baselines(stored) -> None:
 
 
 def test_undertrained_run_fails(stored) -> None:
-    assert not von_oswald_gd.claim_checks(stored[0]).passed
+    assert not trained_transformers_do_gd.claim_checks(stored[0]).passed
 
 
 def test_checks_pass_on_ideal_numbers_and_fail_on_gd_for_the_recurrent_model(stored) -> None:
@@ -64,14 +64,14 @@ def test_checks_pass_on_ideal_numbers_and_fail_on_gd_for_the_recurrent_model(sto
         recurrent_cosine_gd=torch.full((S,), 0.95, dtype=torch.float64),
         recurrent_cosine_gdpp=torch.ones(S, dtype=torch.float64),
     )
-    von_oswald_gd.claim_checks(ideal).verify()
+    trained_transformers_do_gd.claim_checks(ideal).verify()
     # A recurrent model that learned two plain GD steps fails three checks.
     as_gd = ideal._replace(
         recurrent_loss=torch.full((S,), r.gd2_test_loss, dtype=torch.float64),
         recurrent_cosine_gd=torch.ones(S, dtype=torch.float64),
         recurrent_cosine_gdpp=torch.full((S,), 0.95, dtype=torch.float64),
     )
-    assert sum(not c.passed for c in von_oswald_gd.claim_checks(as_gd).checks) == 3
+    assert sum(not c.passed for c in trained_transformers_do_gd.claim_checks(as_gd).checks) == 3
 
 
 @pytest.mark.parametrize("n_steps", [2, 3])
@@ -80,16 +80,19 @@ def test_best_shared_step_size_is_exact(n_steps: int) -> None:
     g = torch.Generator().manual_seed(0)
     b = tasks.sample_regression(4000, 10, torch.eye(10) / 12, generator=g, covariate_law="uniform", dtype=torch.float64)
     gd = lambda e, k=n_steps: baselines.gd(b.X, b.y, b.x_query, e, n_steps=k)  # noqa: E731
-    eta, loss = common.best_shared_step_size(gd, b.y_query, n_steps, scale=5.0)
+    eta, loss = baselines.best_shared_step_size(gd, b.y_query, n_steps, scale=5.0)
     grid = torch.linspace(eta - 0.5, eta + 0.5, 1001, dtype=torch.float64)
     scan = torch.stack([((gd(e.item()) - b.y_query) ** 2).mean() for e in grid])
     assert abs(grid[scan.argmin()].item() - eta) <= 1e-3 and loss <= scan.min().item() + 1e-12
     with pytest.raises(ValueError, match="polynomial"):
-        common.best_shared_step_size(lambda e: gd(e, n_steps + 1), b.y_query, n_steps, scale=5.0)
+        baselines.best_shared_step_size(lambda e: gd(e, n_steps + 1), b.y_query, n_steps, scale=5.0)
 
 
 def test_minimise_scalar() -> None:
-    assert abs(von_oswald_gd.minimise_scalar(lambda x: (x - 0.3) ** 2 + 0.1 * (x > 0.9), 0.0, 1.0) - 0.3) < 1e-6
+    assert (
+        abs(trained_transformers_do_gd.minimise_scalar(lambda x: (x - 0.3) ** 2 + 0.1 * (x > 0.9), 0.0, 1.0) - 0.3)
+        < 1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,4 +100,4 @@ def test_minimise_scalar() -> None:
 )
 def test_bad_input_names_the_parameter(change: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        presets.get("von_oswald_gd", "quick", device="cpu", **change)
+        presets.get("trained_transformers_do_gd", "quick", device="cpu", **change)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import presets, theory
+from icl import presets, theory, train
 from icl.checks import ClaimChecks
-from icl.experiments import common, full_form_gdpp
-from icl.experiments.multi_step_pgd import AHN_SPECTRUM
+from icl.experiments import full_form_gd_plus_plus
+from icl.tasks import AHN_SPECTRUM
 
 TINY = dict(
     spectrum=(1.0, 0.5),
@@ -27,14 +27,14 @@ TINY = dict(
 )
 
 
-def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> full_form_gdpp.FullFormResult:
+def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> full_form_gd_plus_plus.FullFormResult:
     monkeypatch.setenv("ICL_STORE", store)
-    config = presets.get("full_form_gdpp", "quick", device="cpu", **{**TINY, **changes})
-    return full_form_gdpp.run(config, progress=False)
+    config = presets.get("full_form_gd_plus_plus", "quick", device="cpu", **{**TINY, **changes})
+    return full_form_gd_plus_plus.run(config, progress=False)
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[full_form_gdpp.FullFormResult, str]:
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[full_form_gd_plus_plus.FullFormResult, str]:
     store = str(tmp_path_factory.mktemp("store"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         return tiny_result(monkeypatch, store), store
@@ -51,7 +51,7 @@ def test_reproducible_and_cached(stored, monkeypatch: pytest.MonkeyPatch, tmp_pa
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the store holds the result")
 
-    monkeypatch.setattr(common, "train", no_training)
+    monkeypatch.setattr(train, "train", no_training)
     assert torch.equal(tiny_result(monkeypatch, stored[1]).loss, stored[0].loss)
 
 
@@ -79,7 +79,7 @@ def test_shapes_and_baselines(stored) -> None:
 
 
 def test_undertrained_run_fails(stored) -> None:
-    assert not full_form_gdpp.claim_checks(stored[0]).passed
+    assert not full_form_gd_plus_plus.claim_checks(stored[0]).passed
 
 
 def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stored) -> None:
@@ -99,7 +99,7 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
         clipped_loss=torch.full_like(r.clipped_loss, 1e3),
         clipped_median=torch.full_like(r.clipped_median, 1e-4),
     )
-    full_form_gdpp.claim_checks(ideal).verify()
+    full_form_gd_plus_plus.claim_checks(ideal).verify()
     # A model that learned only preconditioned GD (B = 0) has the sparse loss and leaves the data's
     # conditioning alone: four checks fail.
     sparse = ideal._replace(
@@ -108,7 +108,7 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
         projected_loss=r.sparse_loss[-1].expand(S).clone(),
         B_distance=torch.ones(S, L, dtype=torch.float64),
     )
-    failed = [c.name for c in full_form_gdpp.claim_checks(sparse).checks if not c.passed]
+    failed = [c.name for c in full_form_gd_plus_plus.claim_checks(sparse).checks if not c.passed]
     failed = [name for name in failed if not name.startswith("n ")]  # the context sweep is checked above
     assert len(failed) == 4, failed
 
@@ -124,7 +124,7 @@ def test_checks_pass_on_ideal_numbers_and_fail_without_the_covariate_update(stor
 )
 def test_bad_input_names_the_parameter(change: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        presets.get("full_form_gdpp", "quick", device="cpu", **change)
+        presets.get("full_form_gd_plus_plus", "quick", device="cpu", **change)
 
 
 def test_the_clip_contrast_and_the_figure_6_ordering_can_fail(stored) -> None:
@@ -138,7 +138,7 @@ def test_the_clip_contrast_and_the_figure_6_ordering_can_fail(stored) -> None:
     )
 
     def failed(**changes) -> list[str]:
-        checks = full_form_gdpp.claim_checks(r._replace(**{**base, **changes}))
+        checks = full_form_gd_plus_plus.claim_checks(r._replace(**{**base, **changes}))
         return [c.name for c in checks.checks if not c.passed and c.name.startswith("n ")]
 
     assert failed() == []
@@ -167,15 +167,15 @@ def test_the_paper_note_baselines_pass_on_its_values_and_fail_off_them(stored) -
             depths=depths,
             n_context=20,
             spectrum=spectrum,
-            sweep_pgd_loss=fig6(full_form_gdpp.NOTE_FIG6_PGD),
-            sweep_gd_loss=fig6(full_form_gdpp.NOTE_FIG6_GD),
-            pgd_loss=fig7(full_form_gdpp.NOTE_FIG7_LN_PGD),
-            gd_loss=fig7(full_form_gdpp.NOTE_FIG7_LN_GD),
+            sweep_pgd_loss=fig6(full_form_gd_plus_plus.NOTE_FIG6_PGD),
+            sweep_gd_loss=fig6(full_form_gd_plus_plus.NOTE_FIG6_GD),
+            pgd_loss=fig7(full_form_gd_plus_plus.NOTE_FIG7_LN_PGD),
+            gd_loss=fig7(full_form_gd_plus_plus.NOTE_FIG7_LN_GD),
         )
 
     def note_checks(result) -> list[bool]:
         checks = ClaimChecks()
-        full_form_gdpp._paper_note_baselines(result, checks)
+        full_form_gd_plus_plus._paper_note_baselines(result, checks)
         return [c.passed for c in checks.checks]
 
     assert note_checks(result()) == [True] * 4  # Fig. 6 and Fig. 7, preconditioned GD then GD
