@@ -68,13 +68,15 @@ def monte_carlo_predictions(
     n_context: int,
     sample: Callable[[int], RegressionBatch],
     predictors: Mapping[str, Callable[[RegressionBatch], torch.Tensor]],
+    *,
+    chunk: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every predictor's predictions, and the targets (key ``"target"``), on ``n_test`` fresh prompts drawn by
-    ``sample(size)`` in chunks of :func:`eval_chunk` prompts. Each output (..., n_test) is a tensor allocated once and
+    ``sample(size)`` in chunks of ``chunk`` prompts (default :func:`eval_chunk`). Each output (..., n_test) is a tensor allocated once and
     filled chunk by chunk: a list of per-chunk tensors, kept alive between each chunk's large temporaries, fragments
     glibc's heap (chapter 02's evaluation once took its kernel from 0.3 to 1.1 GB that way)."""
     out: dict[str, torch.Tensor] = {}
-    chunk = eval_chunk(n_context)
+    chunk = eval_chunk(n_context) if chunk is None else chunk
     for start in range(0, n_test, chunk):
         size = min(chunk, n_test - start)
         batch = sample(size)
