@@ -27,6 +27,7 @@ from typing import Any
 
 from icl import presets
 from icl.experiments import full_form_gd_plus_plus
+from icl.experiments.full_form_gd_plus_plus import context_sweep, depths
 
 EXPERIMENT = "full_form_gd_plus_plus"
 
@@ -38,9 +39,9 @@ def fits(config: Any) -> list[tuple[str, float, tuple]]:
     runs = [(f"L{depth}", config.train_steps * (1 + depth / 2), ("depth", depth)) for depth in config.depths]
     sweep_cost = config.sweep_train_steps * (1 + config.n_layers / 2)
     for n in config.context_sweep:
-        runs.append((f"sweep-n{n}", sweep_cost, ("sweep", n, config.sweep_clip_norm, 1000 + n)))
+        runs.append((f"sweep-n{n}", sweep_cost, ("sweep", n, config.sweep_clip_norm, context_sweep.SWEEP_PART + n)))
         if n in config.clipped_contexts:
-            runs.append((f"clipped-n{n}", sweep_cost, ("sweep", n, config.clip_norm, 2000 + n)))
+            runs.append((f"clipped-n{n}", sweep_cost, ("sweep", n, config.clip_norm, context_sweep.CLIPPED_PART + n)))
     return sorted(runs, key=lambda run: -run[1])
 
 
@@ -55,11 +56,11 @@ def _fit(job: tuple[str, str, int, dict[str, Any], str, tuple]) -> dict[str, Any
     covariance = full_form_gd_plus_plus.covariances(config)
     start = time.perf_counter()
     if arguments[0] == "depth":
-        full_form_gd_plus_plus._train(config, covariance, arguments[1], progress=True)
+        depths.fit_depth(config, covariance, arguments[1], progress=True)
         steps = config.train_steps
     else:
         _, n, clip, part = arguments
-        full_form_gd_plus_plus._train_at(config, covariance, n, clip, part, progress=True)
+        context_sweep.fit_at(config, covariance, n, clip, part, progress=True)
         steps = config.sweep_train_steps
     seconds = time.perf_counter() - start
     return {"fit": name, "seconds": round(seconds, 1), "steps_per_second": round(steps / seconds, 1)}

@@ -3,10 +3,13 @@
 Every baseline maps a prompt (X: (..., n, d), y: (..., n), x_query: (..., d)) to ŷ: (...).
 The in-context least-squares objective is R(w) = (1/2n) Σ_i (⟨w, x_i⟩ − y_i)², whose gradient is
 ∇R(w) = Ŝ w − h with Ŝ = (1/n) Σ x_i x_iᵀ and h = (1/n) Σ y_i x_i (papers/README §1.6).
+Two fitters tune a baseline's scalar parameters on validation prompts: :func:`best_shared_step_size` (exact, for
+predictors polynomial in the step size) and :func:`minimise_scalar` (a grid refined by golden sections).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -163,3 +166,29 @@ def best_shared_step_size(
     real = roots[np.abs(roots.imag) <= 1e-9 * max(1.0, np.abs(roots).max())].real
     best = real[np.argmin(loss(real))]
     return float(best), float(loss(best))
+
+
+def minimise_scalar(
+    loss: Callable[[float], float], low: float, high: float, *, grid: int = 41, iterations: int = 40
+) -> float:
+    """The minimiser of ``loss`` on [low, high]: the best point of a grid, refined by golden-section search
+    between its two neighbours (the grid guards against a local minimum elsewhere).
+
+    For a baseline's parameter that :func:`best_shared_step_size` cannot fit exactly, because the predictor is not
+    polynomial in it (GD++'s γ: fit η exactly for each γ, then search γ with this)."""
+    points = [low + (high - low) * i / (grid - 1) for i in range(grid)]
+    best = min(range(grid), key=lambda i: loss(points[i]))
+    a, b = points[max(best - 1, 0)], points[min(best + 1, grid - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    for _ in range(iterations):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    return (a + b) / 2

@@ -111,8 +111,9 @@ def test_undertrained_chapter_fails_its_claim_check(
     record = json.loads((tmp_path / "out" / f"{Path(chapter).name}.json").read_text())
     assert record["passed"] is False
     assert any(not c["passed"] for c in record["claim_checks"])
-    for key in ("config", "versions", "elapsed_seconds", "arrays", "parameters"):
+    for key in ("schema", "preset", "config", "arrays", "run"):
         assert key in record
+    assert record["run"]["seconds"] > 0 and record["run"]["versions"]["torch"]
     assert record["config"]["train_steps"] == 5
     # Nothing half-written: only the two results, no temporary files.
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(

@@ -28,7 +28,7 @@ def tiny(**overrides: object) -> distribution_shift.DistributionShiftConfig:
     return presets.get("distribution_shift", "quick", device="cpu", **(TINY | overrides))
 
 
-def test_tiny_run_shapes_reproducibility_and_cache() -> None:
+def test_tiny_run_shapes_reproducibility_cache_and_summary() -> None:
     config = tiny()
     first = distribution_shift.run(config, progress=False)
     assert first.covariate_theory.shape == first.covariate_trained.shape == (2,)
@@ -37,6 +37,13 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
     second = distribution_shift.run(config, progress=False)  # from the store
     for a, b in zip(first[:-1], second[:-1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the numbers the chapter quotes, at the largest scale c = 2 and the shortest noisy length M = 6
+    summary = distribution_shift.summary(first, config)
+    assert (summary["c_max"], summary["small_m"], summary["sigma_max"], summary["seeds"]) == (2.0, 6, 1.0, 2)
+    assert summary["trained_c_max"] == first.covariate_trained[1].item()
+    assert summary["zero_c_max"] == first.covariate_zero[1].item() == pytest.approx(4 * 3)  # c² tr Λ
+    assert summary["noise_lsa_added"] == (first.noise_trained[1, 0] - first.noise_trained[0, 0]).item()
+    assert summary["fixed_diag"] == pytest.approx(8 / (8 + 3 + 1))  # Γ⁻¹ = N/(N + d + 1) I for Λ = I
 
 
 def test_monte_carlo_matches_the_closed_forms_at_any_training() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from icl import evaluate
+from icl import evaluate, tasks
+from icl.models import LinearTransformer
 
 F64 = torch.float64
 
@@ -65,3 +67,24 @@ def test_asymmetry_and_symmetric_part() -> None:
     M = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
     part = evaluate.symmetric_part(M)
     assert torch.equal(part, part.mT) and evaluate.asymmetry(M).shape == (3,)
+
+
+def test_checked_query_weights_accepts_the_forward_pass_and_rejects_a_wrong_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    model = LinearTransformer(4, 1, parameterisation="full", n_models=3, init_std=0.3, generator=generator)
+    batch = tasks.sample_regression(200, 12, 16.0 * torch.eye(4), generator=generator)  # large terms, as at c = 4
+    weights = evaluate.checked_query_weights(model, batch)
+    assert weights.shape == (3, 200, 4)
+    forward = model.predict
+
+    def off_by_a_little(*args: torch.Tensor) -> torch.Tensor:
+        prediction = forward(*args)
+        return prediction + 0.01 * (1 + prediction.abs()) * (torch.arange(prediction.numel()) == 7).reshape_as(
+            prediction
+        )
+
+    monkeypatch.setattr(model, "predict", off_by_a_little)
+    with pytest.raises(RuntimeError, match="forward pass disagrees with its query weights"):
+        evaluate.checked_query_weights(model, batch)

@@ -63,6 +63,16 @@ def test_result_shapes(stored) -> None:
     assert torch.equal(r.covariance[0], torch.eye(d, dtype=torch.float64).expand(S, d, d))
 
 
+def test_summary_quotes_the_result(stored) -> None:
+    r = stored[0]
+    summary = one_step_pgd.summary(r)
+    assert summary["seeds"] == TINY["n_seeds"] and summary["sweep_n_small"] == 4 and summary["sweep_n_large"] == 6
+    assert summary["err_max"] == r.error_to_optimal.max().item()
+    assert summary["ill_optimal_loss"] == r.optimal_loss[1].item()
+    assert summary["iso_test_se"] > 0 and summary["minutes"] == r.elapsed_seconds / 60
+    assert all(isinstance(value, float | int) for value in summary.values())
+
+
 def test_undertrained_run_fails_its_claim_checks(stored) -> None:
     checks = one_step_pgd.claim_checks(stored[0])
     assert not checks.passed

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
-from icl import presets, theory, train
+from icl import presets, rng, theory, train
 from icl.checks import ClaimChecks
 from icl.experiments import full_form_gd_plus_plus
+from icl.experiments.full_form_gd_plus_plus import shared
 from icl.tasks import AHN_SPECTRUM
+
+CHAPTER = Path(__file__).resolve().parents[1] / "book" / "05_full_form_gd_plus_plus.md"
 
 TINY = dict(
     spectrum=(1.0, 0.5),
@@ -27,10 +34,13 @@ TINY = dict(
 )
 
 
+def tiny_config(**changes) -> full_form_gd_plus_plus.FullFormConfig:
+    return presets.get("full_form_gd_plus_plus", "quick", device="cpu", **{**TINY, **changes})
+
+
 def tiny_result(monkeypatch: pytest.MonkeyPatch, store: str, **changes) -> full_form_gd_plus_plus.FullFormResult:
     monkeypatch.setenv("ICL_STORE", store)
-    config = presets.get("full_form_gd_plus_plus", "quick", device="cpu", **{**TINY, **changes})
-    return full_form_gd_plus_plus.run(config, progress=False)
+    return full_form_gd_plus_plus.run(tiny_config(**changes), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +194,29 @@ def test_the_paper_note_baselines_pass_on_its_values_and_fail_off_them(stored) -
     assert note_checks(result(scale=0.94)) == [False, True, False, True]
     assert note_checks(result(ln_shift=0.06)) == [True, False, True, False]
     assert note_checks(r) == []  # d = 2: the note's values do not apply
+
+
+def test_test_prompts_have_streams_of_their_own() -> None:
+    """A run's test prompts come from the run's own seed, not from the next seed's streams (they once did)."""
+    config = tiny_config(n_test=10)
+    covariance = shared.covariances(config)
+    seen = []
+    shared.squared_errors({"record": lambda X, y, q: seen.append(X) or y[..., 0]}, config, covariance, part=1)
+    draw = lambda generator: shared.sample(config, covariance, 10, generator, torch.float32).X  # noqa: E731
+    assert torch.equal(seen[0], draw(rng.streams(config.seed, "cpu", part=shared.TEST_PART + 1).eval))
+    others = [rng.streams(config.seed + 1, "cpu", part=1), rng.streams(config.seed, "cpu", part=1)]
+    others += [rng.streams(seed, "cpu") for seed in (config.seed, config.seed + 1, config.seed + 2)]
+    for streams in others:
+        for generator in streams:
+            assert not torch.equal(seen[0], draw(generator))
+
+
+def test_summary_gives_every_number_the_chapter_states(stored) -> None:
+    r, config = stored[0], tiny_config()
+    values = full_form_gd_plus_plus.summary(r, config)
+    glued = set(re.findall(r"full_form_gd_plus_plus_(\w+)", CHAPTER.read_text()))
+    assert glued and glued <= set(values), glued - set(values)
+    assert values["dist_max"] == r.whitened_distance.max().item()
+    assert values["ln_loss"] == r.loss[1].log().mean().item()  # depths (1, 2): the main run is the second
+    assert values["clip_n"] == 3 and values["sweep_ln_loss_at_n"] == r.sweep_loss[1].log().mean().item()
+    assert all(math.isfinite(v) for v in values.values())

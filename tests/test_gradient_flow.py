@@ -46,6 +46,10 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
     assert first.trained_learned.shape == (S, d, d)
     assert first.trained_steps[0] == 0 and first.trained_steps[-1] == config.train_steps
     assert first.flow_limit_u.shape == (F, S)
+    summary = gradient_flow.summary(first)
+    assert summary["flow_error_max"] == first.flow_relative_error[-1].max().item()
+    assert summary["trained_loss_se"] > 0 and summary["slope_0"] > 0 and summary["slope_1"] > 0  # the loss falls
+    assert all(isinstance(value, float) for value in summary.values())
     second = gradient_flow.run(config, progress=False)  # from the store
     for a, b in zip(first[:-1], second[:-1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

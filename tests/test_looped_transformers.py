@@ -1,13 +1,18 @@
 """The looped-transformer experiment: test-time looping against GD and the divergence criterion, the floor that a
-leftover u_P sets, tiny runs (reproducible, cached, shapes), claim checks that can fail, and bad input."""
+leftover u_P sets (``looping``), tiny runs (reproducible, cached, shapes), claim checks that can fail, the chapter's
+quoted numbers, and bad input."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from icl import baselines, presets, tasks, theory, train
 from icl.experiments import looped_transformers
+from icl.experiments.looped_transformers import looping
 from icl.models import LinearTransformer
 
 F64 = torch.float64
@@ -55,7 +60,7 @@ def test_loop_trajectory_is_gd_with_the_shared_preconditioner() -> None:
     d, n, loops = 4, 9, 7
     A = 0.5 * torch.eye(d, dtype=F64) + 0.05 * torch.randn(d, d, generator=gen(1), dtype=F64)
     batch = prompts(40, n, d, seed=2)
-    trajectory = looped_transformers.loop_trajectory(looped_model(A), batch, loops)
+    trajectory = looping.loop_trajectory(looped_model(A), batch, loops)
     assert trajectory.squared_error.shape == (loops, 1, 40) and trajectory.diverging is None
     for k in (1, 3, loops):
         gd = baselines.preconditioned_gd(batch.X, batch.y, batch.x_query, A.mT.expand(1, d, d), n_steps=k)
@@ -68,7 +73,7 @@ def test_divergence_is_detected_exactly_where_a_lambda_max_exceeds_two() -> None
     d, n = 5, 10
     a = theory.optimal_looped_step_size(d, n, 2).step_sizes[0].item()
     batch = prompts(3000, n, d, seed=3)
-    trajectory = looped_transformers.loop_trajectory(looped_model(a * torch.eye(d, dtype=F64)), batch, 3, detect=True)
+    trajectory = looping.loop_trajectory(looped_model(a * torch.eye(d, dtype=F64)), batch, 3, detect=True)
     largest = torch.linalg.eigvalsh(batch.X.mT @ batch.X / n)[..., -1]  # (1, B)
     predicted = a * largest > 2
     clear = (a * largest - 2).abs() > 0.01
@@ -81,7 +86,7 @@ def test_a_leftover_u_p_sets_the_floor_that_looping_converges_to() -> None:
     d, n = 3, 12
     u_P = torch.tensor([0.03, -0.02, 0.01], dtype=F64)
     batch = prompts(200, n, d, seed=4)
-    trajectory = looped_transformers.loop_trajectory(looped_model(0.5 * torch.eye(d, dtype=F64), u_P=u_P), batch, 400)
+    trajectory = looping.loop_trajectory(looped_model(0.5 * torch.eye(d, dtype=F64), u_P=u_P), batch, 400)
     eigenvalues = torch.linalg.eigvalsh(batch.X.mT @ batch.X / n)[0]
     stable = (0.5 * eigenvalues[:, -1] < 1.9) & ((1 - 0.5 * eigenvalues[:, 0]) ** 400 < 1e-8)  # converged by loop 400
     assert stable.double().mean() > 0.5
@@ -92,18 +97,16 @@ def test_a_leftover_u_p_sets_the_floor_that_looping_converges_to() -> None:
 def test_the_gd_twin_has_the_model_scale_and_no_u() -> None:
     model = looped_model(0.3 * torch.eye(2, dtype=F64), u_P=torch.ones(2, dtype=F64), u_Q=torch.ones(2, dtype=F64))
     covariance = torch.tensor([[[2.0, 0.5], [0.5, 1.0]]], dtype=F64)
-    twin = looped_transformers.gd_with_shared_step(model, torch.tensor([0.7], dtype=F64), covariance)
+    twin = looping.gd_with_shared_step(model, torch.tensor([0.7], dtype=F64), covariance)
     torch.testing.assert_close(twin.A[0, 0], 0.7 * torch.linalg.inv(covariance[0]))
     assert (twin.u_P == 0).all() and (twin.u_Q == 0).all() and (model.u_P == 1).all()
 
 
 def test_worst_rise_ignores_the_floor_and_counts_overflow() -> None:
     curve = torch.tensor([[1.0, 1.0], [0.5, 0.5], [0.25, 0.6], [0.26, float("inf")]], dtype=F64)
-    assert looped_transformers._worst_rise(curve, torch.tensor([0.3, 0.0], dtype=F64)) == float("inf")
-    assert (
-        looped_transformers._worst_rise(curve[:, :1], torch.tensor([0.3], dtype=F64)) == 0.5
-    )  # the rise to 0.26 is below
-    assert looped_transformers._worst_rise(curve[:3, 1:], torch.tensor([0.0], dtype=F64)) == pytest.approx(1.2)
+    assert looping.worst_rise(curve, torch.tensor([0.3, 0.0], dtype=F64)) == float("inf")
+    assert looping.worst_rise(curve[:, :1], torch.tensor([0.3], dtype=F64)) == 0.5  # the rise to 0.26 is below
+    assert looping.worst_rise(curve[:3, 1:], torch.tensor([0.0], dtype=F64)) == pytest.approx(1.2)
 
 
 # --- a tiny run -------------------------------------------------------------------------------------------------------
@@ -183,6 +186,29 @@ def test_the_values_of_l_can_train_as_one_ensemble(stored, monkeypatch, tmp_path
     assert presets.get("looped_transformers", "quick", device="cpu", **TINY).joint_loops is False
     with pytest.raises(ValueError, match="batch_loops"):
         presets.get("looped_transformers", "quick", device="cpu", **{**TINY, "batch_loops": "yes"})
+
+
+def test_the_summary_holds_every_number_the_chapter_quotes(stored) -> None:
+    """Every ``{glue:text}`` reference of chapter 06 is a key of :func:`summary` (with the chapter's prefix), and
+    the numbers are the result's."""
+    r = stored[0]
+    config = presets.get("looped_transformers", "quick", device="cpu", **TINY)
+    values = looped_transformers.summary(r, config)
+    chapter = (Path(__file__).resolve().parents[1] / "book" / "06_looped_transformers.md").read_text()
+    quoted = set(re.findall(r"\{glue:text\}`looped_transformers_(\w+)", chapter))
+    assert len(quoted) > 30 and quoted <= set(values), sorted(quoted - set(values))
+    assert values["l1_formula"] == pytest.approx(6 / 10) and values["n"] == 6 and values["d"] == 3
+    assert values["minutes"] == r.elapsed_seconds / 60 and values["detection"] == looping.DETECTION_LOOPS
+    assert values["dist_max"] == r.whitened_distance.max().item()
+    assert values["untied_gain"].endswith("(L = 2)")
+    assert 1 <= values["mean_best_loop"] <= TINY["max_test_loops"]
+    assert values["median1_end"] == r.looping_median[1, 0, 0, -1, 0].item()
+    assert values["threshold_n0"] == pytest.approx(2 / theory.optimal_looped_step_size(3, 6, 2).step_sizes[0].item())
+    assert values["ood2"].split()[0] in ("falls", "rises", "overflows")
+    no_untied = r._replace(untied_loops=torch.empty(0, dtype=torch.long), untied_loss=torch.empty(0, 2, dtype=F64))
+    assert looped_transformers.summary(no_untied, config)["untied_gain"] == "(no untied run)"
+    narrow = presets.get("looped_transformers", "quick", device="cpu", **{**TINY, "ood_ranges": (0.25, 1.0)})
+    assert looped_transformers.summary(r, narrow)["ood4"] == "(not in this run's test families)"
 
 
 def test_undertrained_models_fail_the_claim_checks(stored) -> None:

@@ -74,6 +74,15 @@ def test_whitening() -> None:
     assert distances[0, 0] < 1e-12 and abs(distances[0, 1] - evaluate.distance_to_identity(covariance)) < 1e-12
 
 
+def test_summary_quotes_the_result(stored) -> None:
+    r = stored[0]
+    summary = multi_step_pgd.summary(r)
+    assert summary["seeds"] == TINY["n_seeds"] and summary["dist_max"] == r.whitened_distance.max().item()
+    assert summary["theory_steps"] == ", ".join(f"{a:.3f}" for a in r.optimal_step_sizes.tolist())
+    assert len(summary["order"].split(", ")) == TINY["n_layers"]
+    assert summary["step_error"] >= 0 and summary["test_se"] > 0
+
+
 def test_undertrained_run_fails(stored) -> None:
     assert not multi_step_pgd.claim_checks(stored[0]).passed
 

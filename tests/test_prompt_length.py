@@ -26,7 +26,7 @@ def tiny(**overrides: object) -> prompt_length.PromptLengthConfig:
     return presets.get("prompt_length", "quick", device="cpu", **(TINY | overrides))
 
 
-def test_tiny_run_shapes_reproducibility_and_cache() -> None:
+def test_tiny_run_shapes_reproducibility_cache_and_summary() -> None:
     config = tiny()
     first = prompt_length.run(config, progress=False)
     M, N, S, d = 3, 2, 2, 3
@@ -42,6 +42,17 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # the seeds train from different starts
     assert not torch.allclose(first.learned[0, 0], first.learned[0, 1])
+    # the numbers the chapter quotes: counts stay int (they print without ".0"), ratios from the result
+    summary = prompt_length.summary(first, config)
+    assert {k: summary[k] for k in ("seeds", "n_test", "points", "n_first", "n_last", "m_last")} == dict(
+        seeds=2, n_test=4000, points=M * N, n_first=4, n_last=12, m_last=40
+    )
+    assert all(type(summary[k]) is int for k in ("points", "within_3", "n_first", "m_last"))
+    assert 0 <= summary["within_3"] <= M * N and summary["z_bar"] == family_z(M * N)
+    trained_z = (first.trained_mean - first.theory_error) / first.trained_mean_se
+    assert summary["trained_z"] == trained_z.abs().max().item()
+    assert summary["fixed_ratio"] == (first.fixed_normaliser_error[-1, 0] / first.theory_error[-1, 0]).item()
+    assert 0 < summary["bound_low"] <= summary["bound_high"]
 
 
 def test_the_theorems_predictor_matches_r_and_the_wrong_normaliser_does_not() -> None:

@@ -28,7 +28,7 @@ def tiny(**overrides: object) -> softmax_covariate_shift.SoftmaxShiftConfig:
     return presets.get("softmax_covariate_shift", "quick", device="cpu", **(TINY | overrides))
 
 
-def test_tiny_run_shapes_reproducibility_and_cache() -> None:
+def test_tiny_run_shapes_reproducibility_cache_and_summary() -> None:
     config = tiny()
     first = softmax_covariate_shift.run(config, progress=False)
     P, S, K = 3, 2, 9
@@ -42,6 +42,14 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         else:
             assert a == b
+    # the numbers the chapter quotes: d = 3, N = 4, so M = min(2d, N) = 4, [d, N] = [3, 4] and (N, 2N] = (4, 8]
+    summary = softmax_covariate_shift.summary(first, config)
+    assert (summary["d"], summary["n"], summary["at"], summary["seeds"], summary["c_max"]) == (3, 4, 4, 2, 4.0)
+    fixed = first.softmax[0].mean(0)  # (P, K)
+    assert summary["fixed_at"] == fixed[0, 4].item() and summary["linear_at"] == first.linear_fixed[0, 4].item()
+    assert summary["inside"] == pytest.approx(fixed[0, 3:5].mean().item())
+    assert summary["beyond"] == pytest.approx(fixed[0, 5:9].mean().item())
+    assert summary["random_c"] == pytest.approx(first.softmax[1].mean(0)[2, 3:5].mean().item())
 
 
 def test_isotropic_linear_errors_are_the_one_step_loss() -> None:

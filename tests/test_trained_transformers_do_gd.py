@@ -89,10 +89,18 @@ def test_best_shared_step_size_is_exact(n_steps: int) -> None:
 
 
 def test_minimise_scalar() -> None:
-    assert (
-        abs(trained_transformers_do_gd.minimise_scalar(lambda x: (x - 0.3) ** 2 + 0.1 * (x > 0.9), 0.0, 1.0) - 0.3)
-        < 1e-6
-    )
+    assert abs(baselines.minimise_scalar(lambda x: (x - 0.3) ** 2 + 0.1 * (x > 0.9), 0.0, 1.0) - 0.3) < 1e-6
+    # Two local minima, at 0.8 and at 0.1 (the lower): the grid picks the global one.
+    bumpy = lambda x: min((x - 0.8) ** 2 + 0.01, (x - 0.1) ** 2)  # noqa: E731
+    assert abs(baselines.minimise_scalar(bumpy, 0.0, 1.0) - 0.1) < 1e-6
+
+
+def test_summary_quotes_the_result(stored) -> None:
+    r = stored[0]
+    summary = trained_transformers_do_gd.summary(r)
+    assert summary["seeds"] == TINY["n_seeds"] and summary["gdpp_gamma"] == r.gdpp_gamma
+    assert summary["one_gap"] == (r.one_layer_prediction_gap / r.gd_test_loss).max().item()
+    assert summary["construction"] < 1e-10 and summary["minutes"] == r.elapsed_seconds / 60
 
 
 @pytest.mark.parametrize(

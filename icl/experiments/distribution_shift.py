@@ -372,6 +372,35 @@ def claim_checks(result: DistributionShiftResult, *, isotropic: bool) -> ClaimCh
     return checks
 
 
+def summary(result: DistributionShiftResult, config: DistributionShiftConfig) -> dict[str, float]:
+    """The numbers the chapter's prose quotes after the run, by glue name (without the chapter's prefix); counts and
+    lengths stay ``int``."""
+    r = result
+    largest, small_m = int(r.scales.argmax()), int(r.noise_contexts.argmin())
+    return {
+        "c_max": r.scales[largest].item(),
+        "trained_c_max": r.covariate_trained[largest].item(),
+        "zero_c_max": r.covariate_zero[largest].item(),
+        "theory_c_max": r.covariate_theory[largest].item(),
+        "limit_c_max": r.covariate_limit[largest].item(),
+        "ls_c_max": r.covariate_least_squares.max().item(),
+        "covariate_gap": (r.covariate_trained / r.covariate_theory - 1).abs().max().item(),
+        "noise_gap": (r.noise_trained / r.noise_theory - 1).abs().max().item(),
+        "orth_theorem": r.orthogonal_theorem.max().item(),
+        "orth_trained": r.orthogonal_trained.max().item(),
+        "learned_error": r.learned_error.max().item(),
+        "random_error": r.random_error.max().item(),
+        "random_mean_diag": torch.diagonal(r.random_learned, dim1=-2, dim2=-1).mean().item(),
+        "fixed_diag": theory.optimal_preconditioner(r.covariance, config.n_context).diagonal().mean().item(),
+        "seeds": config.n_seeds,
+        "minutes": r.elapsed_seconds / 60,
+        "small_m": r.noise_contexts[small_m].item(),
+        "noise_lsa_added": (r.noise_trained[-1, small_m] - r.noise_trained[0, small_m]).item(),
+        "noise_ls_small": r.noise_least_squares[-1, small_m].item(),
+        "sigma_max": r.noise_stds[-1].item(),
+    }
+
+
 def key_arrays(result: DistributionShiftResult) -> dict[str, Any]:
     """The arrays behind the figures and checks, for the chapter's JSON."""
     return result._asdict()

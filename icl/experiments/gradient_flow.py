@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from icl import dynamics, evaluate, rng, store, tasks, theory
@@ -302,6 +303,36 @@ def claim_checks(result: GradientFlowResult) -> ClaimChecks:
         reason="3 Monte Carlo standard errors of the mean",
     )
     return checks
+
+
+def summary(result: GradientFlowResult) -> dict[str, float]:
+    """The numbers the chapter's text quotes, by glue name (without the ``gradient_flow_`` prefix). ``slope_0`` and
+    ``slope_1``: the flow's linear rate c (excess loss ∝ e^(−ct), fitted between a quarter and a half of the flow, mean
+    over seeds) at the first and the last N."""
+    r = result
+    rate_index = slice(len(r.flow_times) // 4, len(r.flow_times) // 2)
+    slopes = [
+        np.polyfit(r.flow_times[rate_index].numpy(), np.log(r.flow_excess_loss[rate_index, f].mean(-1).numpy()), 1)[0]
+        for f in range(len(r.flow_contexts))
+    ]
+    return {
+        "flow_error_max": r.flow_relative_error[-1].max().item(),
+        "drift_max": (r.flow_balance - r.flow_balance[:1]).abs().max().item(),
+        "u_limit": r.limit_u[-1].item(),
+        "u_flow": r.flow_u[-1, -1].mean().item(),
+        "trained_u_min": r.trained_u[-1].min().item(),
+        "trained_u_max": r.trained_u[-1].max().item(),
+        "trained_error_max": r.trained_relative_error[-1].max().item(),
+        "trained_balance_max": r.trained_balance[-1].abs().max().item(),
+        "trained_inverse_min": r.trained_error_to_inverse.min().item(),
+        "trained_loss": r.trained_test_loss.mean().item(),
+        "trained_loss_se": ((r.trained_test_loss_se**2).sum().sqrt() / len(r.trained_test_loss)).item(),
+        "optimal_loss": r.trained_optimal_loss.item(),
+        "trained_excess_max": r.trained_excess_loss.max().item(),
+        "minutes": r.elapsed_seconds / 60,
+        "slope_0": float(-slopes[0]),
+        "slope_1": float(-slopes[-1]),
+    }
 
 
 def key_arrays(result: GradientFlowResult) -> dict[str, Any]:

@@ -316,6 +316,33 @@ def claim_checks(result: OneStepPGDResult) -> ClaimChecks:
     return checks
 
 
+def summary(result: OneStepPGDResult) -> dict[str, float | int]:
+    """The scalars the chapter's text quotes, by glue name (without the ``one_step_pgd_`` prefix)."""
+    r = result
+    n_seeds = r.test_loss.shape[1]
+    out: dict[str, float | int] = {
+        "seeds": n_seeds,
+        "err_max": r.error_to_optimal.max().item(),
+        "err_inverse_min": r.error_to_inverse.min().item(),
+        "ratio_max": max(r.label_row_ratio.max().item(), r.key_column_ratio.max().item()),
+        "asym_max": r.asymmetry.max().item(),
+        "minutes": r.elapsed_seconds / 60,
+    }
+    for k, tag in enumerate(("iso", "ill")):  # KINDS
+        out[f"{tag}_test_loss"] = r.test_loss[k].mean().item()
+        out[f"{tag}_test_se"] = (r.test_loss_se[k] ** 2).mean().sqrt().item() / n_seeds**0.5
+        out[f"{tag}_optimal_loss"] = r.optimal_loss[k].item()
+        out[f"{tag}_inverse_loss"] = r.inverse_loss[k].item()
+    return out | {
+        "sweep_err_max": r.sweep_error_to_optimal.max().item(),
+        "sweep_gap_small": r.sweep_optimal_to_inverse[0].mean().item(),
+        "sweep_gap_large": r.sweep_optimal_to_inverse[-1].mean().item(),
+        "sweep_gap_min": r.sweep_optimal_to_inverse.min().item(),
+        "sweep_n_small": int(r.sweep_n[0]),
+        "sweep_n_large": int(r.sweep_n[-1]),
+    }
+
+
 def key_arrays(result: OneStepPGDResult) -> dict[str, Any]:
     """The arrays a reader most likely wants, for the chapter's JSON."""
     return {k: v for k, v in result._asdict().items() if k not in ("curve", "curve_steps")}

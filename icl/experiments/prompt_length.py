@@ -254,6 +254,38 @@ def claim_checks(result: PromptLengthResult) -> ClaimChecks:
     return checks
 
 
+def summary(result: PromptLengthResult, config: PromptLengthConfig) -> dict[str, float]:
+    """The numbers the chapter's prose quotes, by glue name (without the chapter's prefix). Counts and lengths stay
+    ``int``, so that they print without a decimal point."""
+    r = result
+    trains, tests = r.train_contexts.tolist(), r.test_contexts.tolist()
+    points = r.theory_error.numel()
+    trained_z = ((r.trained_mean - r.theory_error) / r.trained_mean_se).abs()
+    theorem_z = ((r.theorem_error - r.theory_error) / r.theorem_error_se).abs()
+    bias_z = ((r.learned_error.mean(-1) - r.theory_error) / r.trained_mean_se).abs()
+    epsilon_ratio = theory.prompt_length_bound(r.covariance, 1, r.train_contexts).epsilon / r.theory_floor
+    return {
+        "seeds": config.n_seeds,
+        "n_test": config.n_test,
+        "points": points,
+        "z_bar": family_z(points),
+        "trained_z": trained_z.max().item(),
+        "theorem_z": theorem_z.max().item(),
+        "within_3": int((trained_z <= 3).sum().item()),
+        "bias_z": bias_z.max().item(),
+        "all_within_3": 0.9973**points,  # the chance that `points` independent points all fall within 3 s.e.
+        "bound_low": epsilon_ratio.min().item(),
+        "bound_high": epsilon_ratio.max().item(),
+        "n_first": trains[0],
+        "m_last": tests[-1],
+        "fixed_ratio": (r.fixed_normaliser_error[-1, 0] / r.theory_error[-1, 0]).item(),
+        "n_last": trains[-1],
+        "fixed_ratio_last": (r.fixed_normaliser_error[-1, -1] / r.theory_error[-1, -1]).item(),
+        "floor_gap": (r.learned_floor.mean(-1) / r.theory_floor - 1).abs().max().item(),
+        "minutes": r.elapsed_seconds / 60,
+    }
+
+
 def key_arrays(result: PromptLengthResult) -> dict[str, Any]:
     """The arrays behind the figures and checks, for the chapter's JSON."""
     return {k: v for k, v in result._asdict().items() if k != "learned"}

@@ -282,6 +282,37 @@ def claim_checks(result: SoftmaxShiftResult) -> ClaimChecks:
     return checks
 
 
+def summary(result: SoftmaxShiftResult, config: SoftmaxShiftConfig) -> dict[str, float]:
+    """The numbers the chapter's prose quotes, by glue name (without the chapter's prefix): errors of the models
+    trained on I (``fixed``) and on random covariances (``random``), seed means, over M in [d, N] (``inside``) and
+    (N, 2N] (``beyond``); counts and sizes stay ``int``."""
+    r = result
+    d, n = r.dim, r.n_context
+    fixed, random = r.softmax[0].mean(0), r.softmax[1].mean(0)  # (P, K)
+    inside, beyond = slice(d, n + 1), slice(n + 1, min(2 * n, config.max_context) + 1)
+    at, largest = min(2 * d, n), int(r.zero_levels.argmax())
+    return {
+        "seeds": config.n_seeds,
+        "d": d,
+        "n": n,
+        "at": at,
+        "fixed_at": fixed[0, at].item(),
+        "linear_at": r.linear_fixed[0, at].item(),
+        "inside": fixed[0, inside].mean().item(),
+        "beyond": fixed[0, beyond].mean().item(),
+        "c_max": r.zero_levels[largest].item(),
+        "fixed_c": fixed[largest, inside].mean().item(),
+        "random_c": random[largest, inside].mean().item(),
+        "c_own": r.zero_levels[1].item(),  # the first scale of the random test covariances
+        "fixed_own": fixed[1, inside].mean().item(),
+        "random_own": random[1, inside].mean().item(),
+        "minutes": r.elapsed_seconds / 60,
+        "steps": config.train_steps,
+        "width": config.width,
+        "layers": config.n_layers,
+    }
+
+
 def key_arrays(result: SoftmaxShiftResult) -> dict[str, Any]:
     """The arrays behind the figures and checks, for the chapter's JSON."""
     return result._asdict()

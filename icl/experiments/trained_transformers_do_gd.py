@@ -13,7 +13,6 @@ Shapes in the result: ``S`` seeds, ``T`` snapshots, ``C`` points of the loss cur
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,16 +21,18 @@ from typing import Any, NamedTuple
 import torch
 
 from icl import baselines, construct, evaluate, rng, tasks, theory
-from icl.baselines import best_shared_step_size
+from icl.baselines import best_shared_step_size, minimise_scalar
 from icl.checks import ClaimChecks
 from icl.config import LinearExperimentConfig, finite_float, positive_int
-from icl.evaluate import downsample_curve
+from icl.evaluate import downsample_curve, monte_carlo_predictions
 from icl.models import LinearTransformer
 from icl.train import TrainConfig, fit_cached
 
 NAME = "trained_transformers_do_gd"
 SNAPSHOTS = 50
 ALIGNMENT_PROMPTS = 2000
+# Prompts per evaluation chunk at every n: evaluate.eval_chunk(n) agrees up to n = 20 and shrinks beyond, which would
+# change the test prompts (and numbers) of a run at a longer n.
 EVAL_CHUNK = 20_000
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -124,29 +125,6 @@ def _sample(
     )
 
 
-def minimise_scalar(
-    loss: Callable[[float], float], low: float, high: float, *, grid: int = 41, iterations: int = 40
-) -> float:
-    """The minimiser of ``loss`` on [low, high]: the best point of a grid, refined by golden-section search
-    between its two neighbours (the grid guards against a local minimum elsewhere)."""
-    points = [low + (high - low) * i / (grid - 1) for i in range(grid)]
-    best = min(range(grid), key=lambda i: loss(points[i]))
-    a, b = points[max(best - 1, 0)], points[min(best + 1, grid - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = loss(c), loss(d)
-    for _ in range(iterations):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = loss(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = loss(d)
-    return (a + b) / 2
-
-
 def _half_mse(predictions: torch.Tensor, targets: torch.Tensor) -> evaluate.LossEstimate:
     estimate = evaluate.mse(predictions, targets)
     return evaluate.LossEstimate(estimate.mean / 2, estimate.standard_error / 2)
@@ -234,19 +212,16 @@ def _model_predictor(model: LinearTransformer) -> Predictor:
     return predict
 
 
-@torch.no_grad()
 def _test(predictors: dict[str, Predictor], config: VonOswaldGDConfig, generator: torch.Generator) -> dict[str, Any]:
-    """½·MSE (and s.e.) of every predictor on the same n_test prompts, and the prediction gap of the first
-    to GD at η* ("gd" must be among them)."""
-    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in predictors}
-    targets = []
-    for start in range(0, config.n_test, EVAL_CHUNK):
-        batch = _sample(config, min(EVAL_CHUNK, config.n_test - start), generator, torch.float32)
-        for name, predict in predictors.items():
-            outputs[name].append(predict(batch.X, batch.y, batch.x_query))
-        targets.append(batch.y_query)
-    y = torch.cat(targets)
-    predictions = {name: torch.cat(chunks, -1) for name, chunks in outputs.items()}
+    """½·MSE (and s.e.) of every predictor on the same n_test prompts, and their predictions (key ``"predictions"``)."""
+    predictions = monte_carlo_predictions(
+        config.n_test,
+        config.n_context,
+        lambda size: _sample(config, size, generator, torch.float32),
+        {name: lambda b, predict=predict: predict(b.X, b.y, b.x_query) for name, predict in predictors.items()},
+        chunk=EVAL_CHUNK,
+    )
+    y = predictions.pop("target")
     return {name: _half_mse(p, y) for name, p in predictions.items()} | {"predictions": predictions}
 
 
@@ -403,6 +378,29 @@ def claim_checks(result: VonOswaldGDResult) -> ClaimChecks:
         reason="closer to GD++ than to GD",
     )
     return checks
+
+
+def summary(result: VonOswaldGDResult) -> dict[str, float | int]:
+    """The numbers the chapter's text quotes, by glue name (without the ``trained_transformers_do_gd_`` prefix)."""
+    r = result
+    return {
+        "seeds": r.one_layer_loss.shape[0],
+        "construction": r.construction_error.max().item(),
+        "gd2": r.gd2_test_loss,
+        "gd2_eta": r.gd2_step_size,
+        "gdpp": r.gdpp_test_loss,
+        "gdpp_eta": r.gdpp_step_size,
+        "gdpp_gamma": r.gdpp_gamma,
+        "one_loss": r.one_layer_loss.mean().item(),
+        "one_cos": r.one_layer_cosine.min().item(),
+        "one_gap": (r.one_layer_prediction_gap / r.gd_test_loss).max().item(),
+        "rec_loss": r.recurrent_loss.mean().item(),
+        "rec_cos_gd": r.recurrent_cosine_gd.mean().item(),
+        "rec_cos_gdpp": r.recurrent_cosine_gdpp.mean().item(),
+        "rec_eta": r.recurrent_step_size.mean().item(),
+        "rec_gamma": r.recurrent_gamma.mean().item(),
+        "minutes": r.elapsed_seconds / 60,
+    }
 
 
 def key_arrays(result: VonOswaldGDResult) -> dict[str, Any]:
