@@ -114,6 +114,7 @@ def test_undertrained_chapter_fails_its_claim_check(
     for key in ("schema", "preset", "config", "arrays", "run"):
         assert key in record
     assert record["run"]["seconds"] > 0 and record["run"]["versions"]["torch"]
+    assert "elapsed_seconds" not in record["arrays"]  # one elapsed time: the run's
     assert record["config"]["train_steps"] == 5
     # Nothing half-written: only the two results, no temporary files.
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(

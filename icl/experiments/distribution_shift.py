@@ -403,4 +403,4 @@ def summary(result: DistributionShiftResult, config: DistributionShiftConfig) ->
 
 def key_arrays(result: DistributionShiftResult) -> dict[str, Any]:
     """The arrays behind the figures and checks, for the chapter's JSON."""
-    return result._asdict()
+    return {k: v for k, v in result._asdict().items() if k != "elapsed_seconds"}

@@ -284,5 +284,6 @@ def key_arrays(result: MultiStepPGDResult) -> dict[str, Any]:
         "whitened_distance_history",
         "raw_distance_history",
         "scale_history",
+        "elapsed_seconds",
     )
     return {k: v for k, v in result._asdict().items() if k not in skip}

@@ -345,4 +345,4 @@ def summary(result: OneStepPGDResult) -> dict[str, float | int]:
 
 def key_arrays(result: OneStepPGDResult) -> dict[str, Any]:
     """The arrays a reader most likely wants, for the chapter's JSON."""
-    return {k: v for k, v in result._asdict().items() if k not in ("curve", "curve_steps")}
+    return {k: v for k, v in result._asdict().items() if k not in ("curve", "curve_steps", "elapsed_seconds")}

@@ -288,4 +288,4 @@ def summary(result: PromptLengthResult, config: PromptLengthConfig) -> dict[str,
 
 def key_arrays(result: PromptLengthResult) -> dict[str, Any]:
     """The arrays behind the figures and checks, for the chapter's JSON."""
-    return {k: v for k, v in result._asdict().items() if k != "learned"}
+    return {k: v for k, v in result._asdict().items() if k not in ("learned", "elapsed_seconds")}

@@ -315,4 +315,4 @@ def summary(result: SoftmaxShiftResult, config: SoftmaxShiftConfig) -> dict[str,
 
 def key_arrays(result: SoftmaxShiftResult) -> dict[str, Any]:
     """The arrays behind the figures and checks, for the chapter's JSON."""
-    return result._asdict()
+    return {k: v for k, v in result._asdict().items() if k != "elapsed_seconds"}

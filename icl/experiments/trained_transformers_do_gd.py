@@ -405,4 +405,6 @@ def summary(result: VonOswaldGDResult) -> dict[str, float | int]:
 
 def key_arrays(result: VonOswaldGDResult) -> dict[str, Any]:
     """The arrays a reader most likely wants, for the chapter's JSON (the curves are left out)."""
-    return {k: v for k, v in result._asdict().items() if "history" not in k and "curve" not in k}
+    return {
+        k: v for k, v in result._asdict().items() if "history" not in k and "curve" not in k and k != "elapsed_seconds"
+    }

@@ -286,5 +286,7 @@ def summary(result: FullFormResult, config: FullFormConfig) -> dict[str, float]:
 def key_arrays(result: FullFormResult) -> dict[str, Any]:
     """The arrays a reader most likely wants, for the chapter's JSON (the curves are left out)."""
     return {
-        k: v for k, v in result._asdict().items() if "history" not in k and "curve" not in k and k != "snapshot_steps"
+        k: v
+        for k, v in result._asdict().items()
+        if "history" not in k and "curve" not in k and k not in ("snapshot_steps", "elapsed_seconds")
     }

@@ -239,5 +239,12 @@ def summary(result: LoopedResult, config: LoopedConfig) -> dict[str, Any]:
 
 def key_arrays(result: LoopedResult) -> dict[str, Any]:
     """The arrays a reader most likely wants, for the chapter's JSON (curves over training left out)."""
-    skip = ("whitened_distance_history", "scale_history", "u_P_history", "u_Q_history", "snapshot_steps")
+    skip = (
+        "whitened_distance_history",
+        "scale_history",
+        "u_P_history",
+        "u_Q_history",
+        "snapshot_steps",
+        "elapsed_seconds",
+    )
     return {k: v for k, v in result._asdict().items() if k not in skip}
