@@ -49,6 +49,10 @@ def test_tiny_run_shapes_reproducibility_cache_and_summary() -> None:
     assert summary["fixed_at"] == fixed[0, 4].item() and summary["linear_at"] == first.linear_fixed[0, 4].item()
     assert summary["inside"] == pytest.approx(fixed[0, 3:5].mean().item())
     assert summary["beyond"] == pytest.approx(fixed[0, 5:9].mean().item())
+    per_seed = first.softmax[0, :, 0, 5:9].mean(-1) / first.softmax[0, :, 0, 3:5].mean(-1)
+    torch.testing.assert_close(softmax_covariate_shift.jumps(first), per_seed)
+    assert (summary["jump_low"], summary["jump_high"]) == (per_seed.min().item(), per_seed.max().item())
+    assert summary["jump_doubled"] == int((per_seed >= 2).sum())
     assert summary["random_c"] == pytest.approx(first.softmax[1].mean(0)[2, 3:5].mean().item())
 
 
