@@ -102,8 +102,8 @@ CHAPTERS: dict[str, Chapter] = {
             "A softmax transformer under covariate shift",
             "softmax_covariate_shift",
             "Zhang, Frei, Bartlett Fig. 1 (Garg et al.'s setup)",
-            "a small GPT-2 beats the best linear layer in distribution; at this scale its jump past the training length "
-            "is seed-dependent and random covariances do not help (both shown, not checked)",
+            "a small GPT-2 beats the best linear layer in distribution; at this scale its jump past the training "
+            "length is seed-dependent and random covariances do not help (both shown, not checked)",
         ),
     )
 }
