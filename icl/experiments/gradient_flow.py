@@ -357,5 +357,4 @@ def key_arrays(result: GradientFlowResult) -> dict[str, Any]:
         "trained_test_loss": r.trained_test_loss,
         "trained_test_loss_se": r.trained_test_loss_se,
         "trained_optimal_loss": r.trained_optimal_loss,
-        "elapsed_seconds": r.elapsed_seconds,
     }
