@@ -66,7 +66,7 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
     """
     try:
         chapter = chapters.chapter_of(args.chapter)
-        preset = presets.resolve_preset(args.preset)
+        preset = presets.resolve(args.preset)
         resolve_device(args.device)
         if not args.seed.isdigit():
             raise ValueError(f"seed must be an integer >= 0, got {args.seed!r}")

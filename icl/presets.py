@@ -36,9 +36,6 @@ def resolve(preset: str | None) -> str:
     return preset
 
 
-resolve_preset = resolve  # the name the command line and older notebooks use
-
-
 def experiments() -> tuple[str, ...]:
     """The experiments: every module of :mod:`icl.experiments` (they are named after their chapters)."""
     import icl.experiments

@@ -39,16 +39,16 @@ def test_quick_preset_changes_only_what_it_says() -> None:
 
 
 def test_preset_none_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert presets.resolve_preset(None) == "quick"
+    assert presets.resolve(None) == "quick"
     assert presets.get("one_step_pgd").train_steps == presets.get("one_step_pgd", "quick").train_steps
     monkeypatch.setenv("ICL_PRESET", "paper")
-    assert presets.resolve_preset(None) == "paper"
+    assert presets.resolve(None) == "paper"
     assert presets.get("one_step_pgd", None) == presets.get("one_step_pgd", "paper")
     quick_steps = one_step_pgd.QUICK["train_steps"]
     assert quick_steps != 20_000
     assert presets.get("one_step_pgd", "quick").train_steps == quick_steps  # an explicit preset wins
     monkeypatch.setenv("ICL_PRESET", "")
-    assert presets.resolve_preset(None) == "quick"
+    assert presets.resolve(None) == "quick"
     monkeypatch.setenv("ICL_PRESET", "huge")
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         presets.get("one_step_pgd")
