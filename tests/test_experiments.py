@@ -91,6 +91,8 @@ def exact_result(r: one_step_pgd.OneStepPGDResult) -> one_step_pgd.OneStepPGDRes
         optimal_test_loss=r.optimal_loss[:, None].expand_as(r.test_loss).clone(),
         sweep_error_to_optimal=torch.full_like(r.sweep_error_to_optimal, 1e-3),
         sweep_error_to_inverse=r.sweep_optimal_to_inverse,
+        label_row_ratio=torch.full_like(r.label_row_ratio, 1e-3),
+        key_column_ratio=torch.full_like(r.key_column_ratio, 1e-3),
     )
 
 
@@ -110,6 +112,10 @@ def test_checks_pass_on_the_theory_and_fail_on_the_naive_answer(stored) -> None:
     # A loss 5 % above the optimum fails the loss checks.
     worse = exact._replace(test_loss=exact.test_loss * 1.05)
     assert not one_step_pgd.claim_checks(worse).passed
+    # A label row that kept its start's 4 %: only the vanishing-blocks check fails.
+    kept = exact._replace(label_row_ratio=torch.full_like(exact.label_row_ratio, 0.04))
+    failed = [c.name for c in one_step_pgd.claim_checks(kept).checks if not c.passed]
+    assert len(failed) == 1 and failed[0].startswith("blocks that vanish"), failed
 
 
 def test_no_checkpoint_is_left_once_the_results_are_stored(stored) -> None:

@@ -12,7 +12,7 @@ import torch
 from icl import presets, rng, theory, train
 from icl.checks import ClaimChecks
 from icl.experiments import full_form_gd_plus_plus
-from icl.experiments.full_form_gd_plus_plus import shared
+from icl.experiments.full_form_gd_plus_plus import depths, shared
 from icl.tasks import AHN_SPECTRUM
 
 CHAPTER = Path(__file__).resolve().parents[1] / "book" / "05_full_form_gd_plus_plus.md"
@@ -142,6 +142,7 @@ def test_the_clip_contrast_and_the_figure_6_ordering_can_fail(stored) -> None:
     S = r.a.shape[0]
     base = dict(
         sweep_loss=0.5 * r.sweep_pgd_exact[:, None].expand(-1, S),
+        sweep_loss_se=0.01 * r.sweep_pgd_exact[:, None].expand(-1, S),
         sweep_median=torch.full_like(r.sweep_median, 1e-2),
         clipped_loss=torch.full_like(r.clipped_loss, 1e3),
         clipped_median=torch.full_like(r.clipped_median, 1e-4),
@@ -151,8 +152,16 @@ def test_the_clip_contrast_and_the_figure_6_ordering_can_fail(stored) -> None:
         checks = full_form_gd_plus_plus.claim_checks(r._replace(**{**base, **changes}))
         return [c.name for c in checks.checks if not c.passed and c.name.startswith("n ")]
 
+    exact = r.sweep_pgd_exact[:, None].expand(-1, S)
     assert failed() == []
-    assert len(failed(sweep_loss=2.0 * r.sweep_pgd_exact[:, None].expand(-1, S))) == 1  # above GD with a*Σ⁻¹
+    # reliably above GD with a*Σ⁻¹ (a small s.e.): both Figure 6 checks fail
+    assert len(failed(sweep_loss=2.0 * exact, sweep_loss_se=0.01 * exact)) == 2
+    # one pair's mean above it on a test set that cannot tell (a rare prompt's s.e.): not a failure
+    heavy = base["sweep_loss"].clone()
+    heavy[0, 0] = 1.5 * exact[0, 0]
+    assert failed(sweep_loss=heavy, sweep_loss_se=torch.where(heavy > exact, 1.0 * exact, 0.01 * exact)) == []
+    # the typical pair above it, each within its error bars: the median check fails
+    assert len(failed(sweep_loss=1.1 * exact, sweep_loss_se=0.5 * exact)) == 1
     assert len(failed(clipped_loss=torch.full_like(r.clipped_loss, 1e-2))) == 1  # the clip costs nothing
     assert len(failed(clipped_median=torch.full_like(r.clipped_median, 1.0))) == 1  # nor helps the median
 
@@ -219,4 +228,23 @@ def test_summary_gives_every_number_the_chapter_states(stored) -> None:
     assert values["dist_max"] == r.whitened_distance.max().item()
     assert values["ln_loss"] == r.loss[1].log().mean().item()  # depths (1, 2): the main run is the second
     assert values["clip_n"] == 3 and values["sweep_ln_loss_at_n"] == r.sweep_loss[1].log().mean().item()
-    assert all(math.isfinite(v) for v in values.values())
+    assert all(math.isfinite(v) for v in values.values() if not isinstance(v, str))
+    assert values["a_means"] == ", ".join(f"{v:.3g}" for v in r.a.mean(0).tolist())
+    assert len(values["b_means"].split(", ")) == TINY["n_layers"] - 1  # the B_ℓ that act
+
+
+def test_the_paper_scalars_pass_near_figures_4_and_5_and_fail_off_them(stored) -> None:
+    r = stored[0]
+    S = r.a.shape[0]
+    a = torch.tensor(depths.PAPER_FIG5_A, dtype=torch.float64).expand(S, 3)
+    b = torch.tensor((*depths.PAPER_FIG4_B, 0.0), dtype=torch.float64).expand(S, 3)  # the last B has no effect
+
+    def passed(scale_a: float = 1.0, scale_b: float = 1.0, **changes) -> list[bool]:
+        checks = ClaimChecks()
+        at_paper = dict(whitened=torch.zeros(S, 3, 5, 5), n_context=20, spectrum=AHN_SPECTRUM)
+        depths.paper_scalars(r._replace(a=scale_a * a, b=scale_b * b, **{**at_paper, **changes}), checks)
+        return [c.passed for c in checks.checks]
+
+    assert passed() == [True] and passed(scale_a=1.09) == [True]
+    assert passed(scale_a=1.12) == [False] and passed(scale_b=0.88) == [False]
+    assert passed(n_context=10) == [] and passed(whitened=torch.zeros(S, 2, 5, 5)) == []  # not the paper's setup

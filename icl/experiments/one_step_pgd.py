@@ -305,6 +305,14 @@ def claim_checks(result: OneStepPGDResult) -> ClaimChecks:
             0.5,
             reason="beats ŷ = 0 by half",
         )
+    vanishing = torch.maximum(result.label_row_ratio, result.key_column_ratio)
+    start = torch.maximum(result.initial_label_row_ratio, result.initial_key_column_ratio)
+    checks.at_most(
+        f"blocks that vanish at the optimum: worst ratio after training (worst at the start: {start.max().item():.3f})",
+        vanishing.max().item(),
+        0.02,
+        reason="2 %, the convergence bar of the A check",
+    )
     worst = result.sweep_error_to_optimal.max().item()
     checks.at_most("sweep over n: max relative error of A to Γ*(n)", worst, 0.02, reason="2 %, every n of the sweep")
     checks.at_least(
@@ -325,6 +333,8 @@ def summary(result: OneStepPGDResult) -> dict[str, float | int]:
         "err_max": r.error_to_optimal.max().item(),
         "err_inverse_min": r.error_to_inverse.min().item(),
         "ratio_max": max(r.label_row_ratio.max().item(), r.key_column_ratio.max().item()),
+        "initial_ratio_min": torch.maximum(r.initial_label_row_ratio, r.initial_key_column_ratio).min().item(),
+        "initial_ratio_max": torch.maximum(r.initial_label_row_ratio, r.initial_key_column_ratio).max().item(),
         "asym_max": r.asymmetry.max().item(),
         "minutes": r.elapsed_seconds / 60,
     }

