@@ -211,6 +211,18 @@ def test_the_summary_holds_every_number_the_chapter_quotes(stored) -> None:
     assert looped_transformers.summary(r, narrow)["ood4"] == "(not in this run's test families)"
 
 
+def test_the_mean_story_says_whether_looping_keeps_helping(stored) -> None:
+    r = stored[0]
+    shape = r.looping_mean.shape  # (C, J, F, T, S)
+    falling = torch.logspace(0, -6, shape[3], dtype=F64)[None, None, None, :, None].expand(shape).clone()
+    floors = torch.full(r.floor_mean.shape, 1e-9, dtype=F64)
+    assert looping.mean_story(r._replace(looping_mean=falling, floor_mean=floors), 0, 1).startswith("falls")
+    rising = falling.clone()
+    rising[0, 0, 1, 3:, 0] = float("inf")  # the first model's mean overflows after three loops
+    story = looping.mean_story(r._replace(looping_mean=rising, floor_mean=floors), 0, 1)
+    assert story.startswith("is lowest at L′ = 3") and story.endswith(f"to overflow at L′ = {shape[3]}")
+
+
 def test_undertrained_models_fail_the_claim_checks(stored) -> None:
     config = presets.get("looped_transformers", "quick", device="cpu", **TINY)
     checks = looped_transformers.claim_checks(stored[0], config)

@@ -253,6 +253,18 @@ def worst_rise(curve: torch.Tensor, floor: torch.Tensor) -> float:
     return ratio[above].max().item() if above.any() else 0.0
 
 
+def mean_story(result: LoopedResult, c: int, f: int) -> str:
+    """How the first model's mean squared error (first L of ``looping_from``) moves over the test-time loops at
+    context length ``looping_contexts[c]`` on test family ``f``, in words for the chapter."""
+    mean = result.looping_mean[c, 0, f, :, 0]
+    if worst_rise(mean[:, None], 10 * result.floor_mean[c, 0, f, :1]) <= 1.0:
+        return "falls at every loop down to near its floor"
+    finite = torch.isfinite(mean)
+    best = int(torch.argmin(torch.where(finite, mean, torch.full_like(mean, float("inf")))))
+    end = f"{mean[-1].item():.3g}" if finite[-1] else "overflow"
+    return f"is lowest at L′ = {best + 1} ({mean[best].item():.3g}) and then grows, to {end} at L′ = {len(mean)}"
+
+
 def _median_trend(result: LoopedResult, config: LoopedConfig, c: int, f: int) -> str:
     """How the first model's median (first L of ``looping_from``) moves from the training loop count to the last
     loop at context length ``looping_contexts[c]`` on test family ``f``: 'falls', 'rises' or 'overflows'."""
@@ -301,6 +313,8 @@ def summary(result: LoopedResult, config: LoopedConfig) -> dict[str, Any]:
             if verbs[0] == verbs[1]
             else f"{verbs[0]} at n = {n_a} and {verbs[1]} at n = {n_b}"
         )
+    for c in range(2):  # the first shifted family (ood_ranges holds at least one): [¼, 1] by default
+        out[f"shifted_mean_n{c}"] = mean_story(r, c, 1)
     for c, n in enumerate(config.looping_contexts):
         a_star = theory.optimal_looped_step_size(config.dim, n, config.looping_from[0]).step_sizes[0].item()
         out[f"threshold_n{c}"] = 2 / a_star
