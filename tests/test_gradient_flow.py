@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from icl import dynamics, presets
+from icl.checks import ClaimChecks
 from icl.experiments import gradient_flow
 
 TINY = dict(
@@ -19,6 +20,9 @@ TINY = dict(
     train_steps=20,
     batch_size=64,
     n_test=2000,
+    follow_rates=(0.01, 0.005),
+    follow_time=0.4,
+    follow_batch=1024,
 )
 
 
@@ -49,7 +53,15 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
     summary = gradient_flow.summary(first)
     assert summary["flow_error_max"] == first.flow_relative_error[-1].max().item()
     assert summary["trained_loss_se"] > 0 and summary["slope_0"] > 0 and summary["slope_1"] > 0  # the loss falls
-    assert all(isinstance(value, float) for value in summary.values())
+    assert all(isinstance(value, float | str) for value in summary.values())
+    assert summary["follow_rates"] == "0.01, 0.005" and summary["follow_time"] == pytest.approx(0.4)
+    # SGD against the flow at matched times t = 2·rate·step (R = 2 rates, 21 snapshots)
+    assert first.follow_u.shape == first.follow_flow_u.shape == first.follow_balance.shape == (2, 21, S)
+    torch.testing.assert_close(first.follow_times[:, -1], torch.full((2,), 0.4, dtype=torch.float64))
+    torch.testing.assert_close(first.follow_u[:, 0], first.follow_flow_u[:, 0], atol=1e-5, rtol=0)  # one start
+    assert (first.follow_flow_u[:, -1] > 1.1 * first.follow_flow_u[:, 0]).all()  # the flow moves u in the window
+    # the clock is right: at the small rate SGD is within 2 % of the flow (a clock off by 2 lags by about 10 %)
+    assert gradient_flow.follow_deviation(first)[-1] < 0.02
     second = gradient_flow.run(config, progress=False)  # from the store
     for a, b in zip(first[:-1], second[:-1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -69,6 +81,23 @@ def test_undertrained_run_fails_its_claim_checks() -> None:
         checks.verify()
 
 
+def test_the_follow_checks_pass_near_the_flow_and_fail_off_it() -> None:
+    r = gradient_flow.run(tiny(), progress=False)
+    flow_u = r.follow_flow_u
+    times = torch.linspace(0, 1, flow_u.shape[1], dtype=torch.float64)[None, :, None]
+    drift = torch.tensor([0.1, 0.05], dtype=torch.float64)[:, None, None] * times  # O(rate), halving with it
+
+    def failed(**changes) -> list[str]:
+        checks = ClaimChecks()
+        near = {"follow_u": 1.001 * flow_u, "follow_balance": drift}
+        gradient_flow.follow_checks(r._replace(**{**near, **changes}), checks)
+        return [c.name for c in checks.checks if not c.passed]
+
+    assert failed() == []
+    assert len(failed(follow_u=1.05 * flow_u)) == 1  # 5 % off the flow
+    assert len(failed(follow_balance=0.1 * times.expand(2, -1, 2))) == 1  # the drift does not shrink with the rate
+
+
 def test_a_converged_flow_passes_its_flow_checks() -> None:
     config = tiny(flow_time=150.0, flow_step=0.02)
     checks = gradient_flow.claim_checks(gradient_flow.run(config, progress=False))
@@ -85,6 +114,8 @@ def test_a_converged_flow_passes_its_flow_checks() -> None:
         ({"flow_time": 0.0}, "flow_time"),
         ({"init_scale": -1.0}, "init_scale"),
         ({"train_steps": 0}, "train_steps"),
+        ({"follow_rates": (0.5,)}, "follow_rates"),
+        ({"follow_batch": 0}, "follow_batch"),
     ],
 )
 def test_bad_input_names_the_parameter(overrides: dict, name: str) -> None:

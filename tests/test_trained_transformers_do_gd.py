@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,15 +66,24 @@ def test_checks_pass_on_ideal_numbers_and_fail_on_gd_for_the_recurrent_model(sto
         recurrent_loss=torch.full((S,), r.gdpp_test_loss, dtype=torch.float64),
         recurrent_cosine_gd=torch.full((S,), 0.95, dtype=torch.float64),
         recurrent_cosine_gdpp=torch.ones(S, dtype=torch.float64),
+        recurrent_cosine_gd_history=torch.tensor([[0.9] * S, [0.95] * S, [0.95] * S], dtype=torch.float64),
+        recurrent_cosine_gdpp_history=torch.tensor([[0.8] * S, [0.9] * S, [1.0] * S], dtype=torch.float64),
+        snapshot_steps=torch.tensor([0, 10, 20]),
+        recurrent_as_gdpp_loss=torch.full((S,), 1.01 * r.gdpp_validation_loss, dtype=torch.float64),
     )
     trained_transformers_do_gd.claim_checks(ideal).verify()
-    # A recurrent model that learned two plain GD steps fails three checks.
+    # A recurrent model that learned two plain GD steps (γ = 0) fails four checks.
     as_gd = ideal._replace(
         recurrent_loss=torch.full((S,), r.gd2_test_loss, dtype=torch.float64),
         recurrent_cosine_gd=torch.ones(S, dtype=torch.float64),
         recurrent_cosine_gdpp=torch.full((S,), 0.95, dtype=torch.float64),
+        recurrent_as_gdpp_loss=torch.full((S,), r.gd2_test_loss / r.gdpp_test_loss * r.gdpp_validation_loss),
     )
-    assert sum(not c.passed for c in trained_transformers_do_gd.claim_checks(as_gd).checks) == 3
+    assert sum(not c.passed for c in trained_transformers_do_gd.claim_checks(as_gd).checks) == 4
+    # One closer to GD++ all along fails only the check of the turn.
+    never_gd = ideal._replace(recurrent_cosine_gdpp_history=torch.ones(3, S, dtype=torch.float64))
+    failed = [c.name for c in trained_transformers_do_gd.claim_checks(never_gd).checks if not c.passed]
+    assert len(failed) == 1 and "first half" in failed[0], failed
 
 
 @pytest.mark.parametrize("n_steps", [2, 3])
@@ -101,6 +113,12 @@ def test_summary_quotes_the_result(stored) -> None:
     assert summary["seeds"] == TINY["n_seeds"] and summary["gdpp_gamma"] == r.gdpp_gamma
     assert summary["one_gap"] == (r.one_layer_prediction_gap / r.gd_test_loss).max().item()
     assert summary["construction"] < 1e-10 and summary["minutes"] == r.elapsed_seconds / 60
+    assert summary["rec_gamma_low"] == (r.recurrent_gamma / r.gdpp_gamma).min().item()
+    assert summary["rec_early_lead"] == trained_transformers_do_gd.early_lead(r).min().item()
+    chapter = (Path(__file__).resolve().parents[1] / "book" / "04_trained_transformers_do_gd.md").read_text()
+    glued = set(re.findall(r"\{glue:text\}`trained_transformers_do_gd_(\w+)", chapter))
+    glued -= {"eta_star", "gd_loss", "n_test"}  # glued by the chapter from the theory and the config
+    assert glued and glued <= set(summary), sorted(glued - set(summary))
 
 
 @pytest.mark.parametrize(
