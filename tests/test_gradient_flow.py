@@ -9,6 +9,7 @@ import torch
 from icl import dynamics, presets
 from icl.checks import ClaimChecks
 from icl.experiments import gradient_flow
+from icl.experiments.gradient_flow import follow_flow
 
 TINY = dict(
     spectrum=(1.5, 1.0, 0.5),
@@ -61,7 +62,7 @@ def test_tiny_run_shapes_reproducibility_and_cache() -> None:
     torch.testing.assert_close(first.follow_u[:, 0], first.follow_flow_u[:, 0], atol=1e-5, rtol=0)  # one start
     assert (first.follow_flow_u[:, -1] > 1.1 * first.follow_flow_u[:, 0]).all()  # the flow moves u in the window
     # the clock is right: at the small rate SGD is within 2 % of the flow (a clock off by 2 lags by about 10 %)
-    assert gradient_flow.follow_deviation(first)[-1] < 0.02
+    assert follow_flow.deviation(first)[-1] < 0.02
     second = gradient_flow.run(config, progress=False)  # from the store
     for a, b in zip(first[:-1], second[:-1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -90,7 +91,7 @@ def test_the_follow_checks_pass_near_the_flow_and_fail_off_it() -> None:
     def failed(**changes) -> list[str]:
         checks = ClaimChecks()
         near = {"follow_u": 1.001 * flow_u, "follow_balance": drift}
-        gradient_flow.follow_checks(r._replace(**{**near, **changes}), checks)
+        follow_flow.claim_checks(r._replace(**{**near, **changes}), checks)
         return [c.name for c in checks.checks if not c.passed]
 
     assert failed() == []

@@ -10,7 +10,7 @@ Two experiments on x ~ N(0, Λ), w ~ N(0, I_d), noiseless, Λ = diag(``spectrum`
   A = −P[d, d] Q[:d, :d] reaches Γ⁻¹ too, while the factors leave the flow's (finite steps break the balance);
 - plain SGD with a constant rate on large batches (``follow_batch``) from the same starts, for ZFB time
   ``follow_time`` at each rate of ``follow_rates``, against the flow at matched times t = 2·rate·step: the
-  discretisation that the flow is the limit of, as the rate shrinks.
+  discretisation that the flow is the limit of, as the rate shrinks (:mod:`.follow_flow`).
 
 Flow times are ZFB's (the flow of ½·MSE). Losses are reported on ZFB's ½·MSE scale, as their L* is.
 
@@ -41,9 +41,10 @@ from icl.evaluate import monte_carlo_predictions
 from icl.models import LinearTransformer, balanced_one_layer
 from icl.train import OPTIMISERS, TrainConfig, fit_cached
 
+from . import follow_flow
+
 NAME = "gradient_flow"
 SNAPSHOTS = 60
-FOLLOW_SNAPSHOTS = 20
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,9 @@ class GradientFlowConfig(LinearExperimentConfig):
         put("follow_time", finite_float("follow_time", self.follow_time, minimum=0.0, strict=True))
         put("follow_batch", positive_int("follow_batch", self.follow_batch))
         for rate in self.follow_rates:
-            if round(self.follow_time / (2 * rate)) < FOLLOW_SNAPSHOTS:
+            if round(self.follow_time / (2 * rate)) < follow_flow.SNAPSHOTS:
                 raise ValueError(
-                    f"follow_time / (2 · rate) must give at least {FOLLOW_SNAPSHOTS} SGD steps at every rate of "
+                    f"follow_time / (2 · rate) must give at least {follow_flow.SNAPSHOTS} SGD steps at every rate of "
                     f"follow_rates, got {self.follow_time} / (2 · {rate})"
                 )
 
@@ -204,62 +205,6 @@ def _test_loss(model: LinearTransformer, config: GradientFlowConfig, generator: 
     return mse.mean / 2, mse.standard_error / 2
 
 
-def _follow(config: GradientFlowConfig, progress: bool) -> dict[str, torch.Tensor]:
-    """Constant-rate SGD from the balanced starts at each rate of ``follow_rates``, and the flow at N = n_context
-    from the same starts at the snapshots' times t = 2·rate·step (interpolated between 400 RK4 records)."""
-    lam, n = covariance(config), config.n_context
-    _, start = _start(config)
-    path = dynamics.gradient_flow(lam, n, start, time=config.follow_time, step=config.flow_step, n_records=400)
-    flow_U_norm = torch.linalg.matrix_norm(path.U)
-    lam32 = lam.float().expand(config.n_seeds, config.dim, config.dim)
-    out: dict[str, list[torch.Tensor]] = {}
-    for index, rate in enumerate(config.follow_rates):
-        model, _ = _start(config)  # the same starts, fresh
-        steps = round(config.follow_time / (2 * rate))
-        trained = fit_cached(
-            NAME,
-            config,
-            f"follow-{index}",
-            model,
-            lambda g: tasks.sample_regression(config.follow_batch, n, lam32, generator=g),
-            TrainConfig(steps=steps, learning_rate=rate, optimiser="sgd", final_learning_rate_fraction=1.0),
-            generator=rng.streams(config.seed, config.device, part=10 + index).train,
-            progress=progress,
-            description=f"SGD at rate {rate:g}, {config.n_seeds} models",
-            snapshot_every=steps // FOLLOW_SNAPSHOTS,
-        )
-        # the last snapshot is the last step's; keep FOLLOW_SNAPSHOTS + 1 evenly spaced ones (the start included)
-        keep = slice(0, FOLLOW_SNAPSHOTS + 1)
-        factors = _factors_over_training(trained, config.dim, keep)
-        times = 2 * rate * trained.snapshot_steps[keep].double()
-        flow_u, flow_U = _interpolate(path.times, path.u, times), _interpolate(path.times, flow_U_norm, times)
-        for key, value in [
-            ("times", times),
-            ("u", factors.u),
-            ("U_norm", torch.linalg.matrix_norm(factors.U)),
-            ("flow_u", flow_u),
-            ("flow_U_norm", flow_U),
-            ("balance", factors.u**2 - torch.linalg.matrix_norm(factors.U) ** 2),
-        ]:
-            out.setdefault(key, []).append(value.cpu())
-    return {key: torch.stack(value) for key, value in out.items()}
-
-
-def _factors_over_training(trained: Any, d: int, keep: slice) -> dynamics.FlowState:
-    """(U, u) of each snapshot of a run with snapshots: U (J, S, d, d), u (J, S), float64."""
-    P, Q = (trained.snapshots[k][keep, :, 0].double() for k in ("P", "Q"))
-    return dynamics.FlowState(-Q[..., :d, :d], P[..., d, d])
-
-
-def _interpolate(times: torch.Tensor, values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of values (T, S) recorded at ascending ``times`` (T,) to the times ``at`` (J,) within
-    them. -> (J, S)."""
-    times, at = times.to(values.device), at.to(values.device)
-    right = torch.searchsorted(times, at).clamp(1, len(times) - 1)
-    weight = ((at - times[right - 1]) / (times[right] - times[right - 1]))[:, None]
-    return (1 - weight) * values[right - 1] + weight * values[right]
-
-
 def run(config: GradientFlowConfig, *, progress: bool = True) -> GradientFlowResult:
     """Integrate the flows, train the ensemble (cached), evaluate and compare with theory."""
     began = time.perf_counter()
@@ -292,7 +237,7 @@ def run(config: GradientFlowConfig, *, progress: bool = True) -> GradientFlowRes
     loss, loss_se = _test_loss(model, config, streams.eval)
 
     optimum = torch.stack([theory.optimal_preconditioner(lam, m) for m in config.flow_contexts])
-    follow = _follow(config, progress)
+    follow = follow_flow.run(config, lam, lambda: _start(config), NAME, progress)
     cpu = lambda x: torch.as_tensor(x).detach().double().cpu()  # noqa: E731
     return GradientFlowResult(
         covariance=cpu(lam),
@@ -382,7 +327,7 @@ def claim_checks(result: GradientFlowResult) -> ClaimChecks:
         5.0,
         reason="the run tells Γ⁻¹ from the naive Λ⁻¹",
     )
-    follow_checks(r, checks)
+    follow_flow.claim_checks(r, checks)
     seeds = len(r.trained_test_loss)
     mean = r.trained_test_loss.mean().item()
     se = (r.trained_test_loss_se**2).sum().sqrt().item() / seeds
@@ -396,44 +341,12 @@ def claim_checks(result: GradientFlowResult) -> ClaimChecks:
     return checks
 
 
-def follow_deviation(result: GradientFlowResult) -> torch.Tensor:
-    """Per rate, SGD's worst |u − u_flow| / u_flow over the matched times and seeds. -> (R,)."""
-    r = result
-    return ((r.follow_u - r.follow_flow_u).abs() / r.follow_flow_u).amax(dim=(1, 2))
-
-
-def follow_drift(result: GradientFlowResult) -> torch.Tensor:
-    """Per rate, SGD's worst |balance − its start| over the matched times and seeds (the flow's drift is 0). -> (R,)."""
-    return (result.follow_balance - result.follow_balance[:, :1]).abs().amax(dim=(1, 2))
-
-
-def follow_checks(r: GradientFlowResult, checks: ClaimChecks) -> None:
-    """SGD at the smallest rate follows the flow, and its distance from it shrinks with the rate."""
-    deviation, drift = follow_deviation(r), follow_drift(r)
-    rates = r.follow_rates.tolist()
-    growth = (r.follow_flow_u[-1, -1] / r.follow_flow_u[-1, 0]).min().item()
-    checks.at_most(
-        f"SGD at rate {rates[-1]:g}: worst |u − u_flow| / u_flow over matched times t = 2·rate·step and seeds",
-        deviation[-1].item(),
-        0.02,
-        reason=f"the flow describes small-step SGD: 2 %, while the flow's u grows {growth:.2f}× over the window",
-    )
-    if len(rates) > 1:
-        ratio = rates[-1] / rates[-2]
-        checks.at_most(
-            f"SGD: balance drift at rate {rates[-1]:g} / at rate {rates[-2]:g} (worst over times and seeds)",
-            (drift[-1] / drift[-2]).item(),
-            (1 + ratio) / 2,
-            reason=f"over a fixed time a step's O(rate²) change and the noise's add up to O(rate): the ratio of the "
-            f"rates ({ratio:.2g}); the bar is halfway from it to no convergence (1)",
-        )
-
-
 def summary(result: GradientFlowResult) -> dict[str, float | str]:
     """The numbers the chapter's text quotes, by glue name (without the ``gradient_flow_`` prefix). ``slope_0`` and
     ``slope_1``: the flow's linear rate c (excess loss ∝ e^(−ct), fitted between a quarter and a half of the flow, mean
     over seeds) at the first and the last N."""
     r = result
+    deviations, drifts = follow_flow.deviation(r), follow_flow.drift(r)
     rate_index = slice(len(r.flow_times) // 4, len(r.flow_times) // 2)
     slopes = [
         np.polyfit(r.flow_times[rate_index].numpy(), np.log(r.flow_excess_loss[rate_index, f].mean(-1).numpy()), 1)[0]
@@ -456,11 +369,11 @@ def summary(result: GradientFlowResult) -> dict[str, float | str]:
         "minutes": r.elapsed_seconds / 60,
         "follow_rates": ", ".join(f"{rate:g}" for rate in r.follow_rates.tolist()),
         "follow_time": r.follow_times[0, -1].item(),
-        "follow_deviation_small": follow_deviation(r)[-1].item(),
-        "follow_deviation_large": follow_deviation(r)[0].item(),
-        "follow_drift_small": follow_drift(r)[-1].item(),
-        "follow_drift_large": follow_drift(r)[0].item(),
-        "follow_drift_ratio": (follow_drift(r)[-1] / follow_drift(r)[-2]).item() if len(r.follow_rates) > 1 else 1.0,
+        "follow_deviation_small": deviations[-1].item(),
+        "follow_deviation_large": deviations[0].item(),
+        "follow_drift_small": drifts[-1].item(),
+        "follow_drift_large": drifts[0].item(),
+        "follow_drift_ratio": (drifts[-1] / drifts[-2]).item() if len(drifts) > 1 else 1.0,
         "follow_u_start": r.follow_flow_u[-1, 0].mean().item(),
         "follow_u_end": r.follow_flow_u[-1, -1].mean().item(),
         "slope_0": float(-slopes[0]),
