@@ -210,13 +210,16 @@ def claim_checks(result: FullFormResult) -> ClaimChecks:
 
 
 def _paper_note_baselines(r: FullFormResult, checks: ClaimChecks) -> None:
-    """The baselines' Monte Carlo curves (mean over seeds) against the paper note's values, where these apply: Fig. 6
-    (3 steps, d = 5) at every n of the sweep in the note's table, and Fig. 7 (n = 20, d = 5) at every depth; plain GD
-    only on the paper's spectrum."""
+    """The baselines against the paper note's values, where these apply: Fig. 6 (3 steps, d = 5) at every n of the
+    sweep in the note's table, and Fig. 7 (n = 20, d = 5) at every depth; plain GD only on the paper's spectrum.
+    Fig. 6's preconditioned GD is compared through its exact MSE (the Monte Carlo one is heavy-tailed at short n:
+    one test set of 50,000 prompts has landed 10 % above it); plain GD, which has no closed form here, and Fig. 7
+    through the Monte Carlo mean over seeds."""
     if len(r.spectrum) != 5:
         return
     L = r.whitened.shape[1]
-    rows = [("preconditioned GD", r.sweep_pgd_loss, NOTE_FIG6_PGD, r.pgd_loss, NOTE_FIG7_LN_PGD)]
+    exact_pgd = r.sweep_pgd_exact[:, None]  # (N, 1): the same at every seed
+    rows = [("preconditioned GD (exact)", exact_pgd, NOTE_FIG6_PGD, r.pgd_loss, NOTE_FIG7_LN_PGD)]
     if sorted(r.spectrum) == sorted(AHN_SPECTRUM):
         rows.append(("GD", r.sweep_gd_loss, NOTE_FIG6_GD, r.gd_loss, NOTE_FIG7_LN_GD))
     for name, sweep, fig6, by_depth, fig7 in rows:
@@ -225,17 +228,18 @@ def _paper_note_baselines(r: FullFormResult, checks: ClaimChecks) -> None:
             ratios = [sweep[i].mean().item() / fig6[n] for i, n in ns]
             worst = max(ratios, key=lambda x: abs(x - 1))
             checks.close(
-                f"Fig. 6, {L} steps of {name}: Monte Carlo MSE / the paper note's, worst n of {[n for _, n in ns]}",
+                f"Fig. 6, {L} steps of {name}: MSE / the paper note's, worst n of {[n for _, n in ns]}",
                 worst,
                 1.0,
                 rtol=0.05,
-                reason="5 %: the note's two decimals (≤ 2 % at n = 20) and the test set's Monte Carlo error",
+                reason="5 %: the note's values are computed to two decimals and re-checked only at n = 10 and 20",
             )
         at = [(k, m) for k, m in enumerate(r.depths.tolist()) if m in fig7]
         if r.n_context == 20 and at:
             gaps = [by_depth[k].mean().log().item() - fig7[m] for k, m in at]
+            label = name.removesuffix(" (exact)")
             checks.close(
-                f"Fig. 7, L-step {name} at n = 20: ln MSE − the paper note's, worst L of {[m for _, m in at]}",
+                f"Fig. 7, L-step {label} at n = 20: ln MSE − the paper note's, worst L of {[m for _, m in at]}",
                 max(gaps, key=abs),
                 0.0,
                 atol=0.05,
