@@ -1,6 +1,6 @@
 """Gradient flow from a small balanced start reaches the global minimum (Zhang, Frei and Bartlett 2023, Thm 4.1).
 
-Two experiments on x ~ N(0, Λ), w ~ N(0, I_d), noiseless, Λ = diag(``spectrum``):
+Three experiments on x ~ N(0, Λ), w ~ N(0, I_d), noiseless, Λ = diag(``spectrum``):
 
 - the exact population gradient flow of the reduced objective in (U, u) (:mod:`icl.dynamics`), integrated by RK4
   from each seed's balanced start, for every N in ``flow_contexts``: the product uU reaches Γ⁻¹, u and U their
@@ -229,9 +229,7 @@ def run(config: GradientFlowConfig, *, progress: bool = True) -> GradientFlowRes
         snapshot_every=max(1, config.train_steps // SNAPSHOTS),
     )
     optimum_n = theory.optimal_preconditioner(lam, n)
-    P_history, Q_history = (trained.snapshots[k][:, :, 0].to(lam.device).double() for k in ("P", "Q"))
-    d = config.dim
-    u_history, U_history = P_history[..., d, d], -Q_history[..., :d, :d]
+    U_history, u_history = (x.to(lam.device) for x in follow_flow.snapshot_factors(trained, config.dim))
     A_history = u_history[..., None, None] * U_history
     learned = A_history[-1]
     loss, loss_se = _test_loss(model, config, streams.eval)

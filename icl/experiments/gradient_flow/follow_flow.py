@@ -59,7 +59,8 @@ def run(
         )
         # the last snapshot is the last step's; keep SNAPSHOTS + 1 evenly spaced ones (the start included)
         keep = slice(0, SNAPSHOTS + 1)
-        factors = _factors_over_training(trained, config.dim, keep)
+        U, u = snapshot_factors(trained, config.dim)
+        factors = dynamics.FlowState(U[keep], u[keep])
         times = 2 * rate * trained.snapshot_steps[keep].double()
         flow_u, flow_U = _interpolate(path.times, path.u, times), _interpolate(path.times, flow_U_norm, times)
         for key, value in [
@@ -74,9 +75,9 @@ def run(
     return {key: torch.stack(value) for key, value in out.items()}
 
 
-def _factors_over_training(trained: Any, d: int, keep: slice) -> dynamics.FlowState:
+def snapshot_factors(trained: Any, d: int) -> dynamics.FlowState:
     """(U, u) of each snapshot of a run with snapshots: U (J, S, d, d), u (J, S), float64."""
-    P, Q = (trained.snapshots[k][keep, :, 0].double() for k in ("P", "Q"))
+    P, Q = (trained.snapshots[k][:, :, 0].double() for k in ("P", "Q"))
     return dynamics.FlowState(-Q[..., :d, :d], P[..., d, d])
 
 
