@@ -120,10 +120,12 @@ class SoftmaxTransformer(nn.Module):
             attended = F.scaled_dot_product_attention(heads(q), heads(k_), heads(v), is_causal=True)
             attended = attended.transpose(1, 2).reshape(E, B, T, D)
             h = h + _linear(attended, self.attn_out[:, layer], self.attn_out_bias[:, layer])
+            if layer == self.n_layers - 1:  # from here on no token reads another: only the x tokens are read out
+                h = h[:, :, 0::2]
             m = _layer_norm(h, self.ln2_gain[:, layer], self.ln2_bias[:, layer])
             m = F.gelu(_linear(m, self.mlp_in[:, layer], self.mlp_in_bias[:, layer]), approximate="tanh")
             h = h + _linear(m, self.mlp_out[:, layer], self.mlp_out_bias[:, layer])
-        h = _layer_norm(h[:, :, 0::2], self.ln_final_gain, self.ln_final_bias)  # the x tokens only
+        h = _layer_norm(h, self.ln_final_gain, self.ln_final_bias)
         return _linear(h, self.read_out, self.read_out_bias).squeeze(-1)
 
     def predict(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
