@@ -211,3 +211,15 @@ def rotated_covariances(spectrum: tuple[float, ...], n_seeds: int, *, seed: int,
     generator = streams(seed, device).task
     eigenvalues = torch.tensor(spectrum, dtype=torch.float64)
     return torch.stack([covariance_from_spectrum(eigenvalues, generator=generator) for _ in range(n_seeds)]).to(device)
+
+
+def truncate_prompts(batch: RegressionBatch, examples: int) -> RegressionBatch:
+    """The batch cut to the first ``examples`` examples of each prompt (the query counted last): the first
+    ``examples − 1`` become the context and the next one the query. Shapes: X (..., B, examples − 1, d)."""
+    total = batch.X.shape[-2] + 1
+    examples = positive_int("examples", examples, minimum=2)
+    if examples > total:
+        raise ValueError(f"examples must be at most the prompt's {total} (context and query), got {examples}")
+    xs = torch.cat([batch.X, batch.x_query.unsqueeze(-2)], dim=-2)[..., :examples, :]
+    ys = torch.cat([batch.y, batch.y_query.unsqueeze(-1)], dim=-1)[..., :examples]
+    return RegressionBatch(X=xs[..., :-1, :], y=ys[..., :-1], x_query=xs[..., -1, :], y_query=ys[..., -1], w=batch.w)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from icl import store
 from icl.config import finite_float, one_of, positive_int
 from icl.store import atomic_torch_save
-from icl.tasks import RegressionBatch, restrict_dimensions
+from icl.tasks import RegressionBatch, restrict_dimensions, truncate_prompts
 from icl.tokens import read_out, to_tokens
 
 PromptSampler = Callable[[torch.Generator], RegressionBatch]
@@ -56,6 +56,9 @@ class TrainConfig:
     # first curriculum_start_dim + t // curriculum_every coordinates non-zero (tasks.restrict_dimensions), up to all.
     curriculum_start_dim: int | None = None
     curriculum_every: int = 2000
+    # … and, with ``curriculum_examples_per_dim`` set too, prompts of only their first per_dim · (active dims) + 1
+    # examples (the last of them the query), up to the whole prompt: Garg et al. grow the prompt by 2 per dimension.
+    curriculum_examples_per_dim: int | None = None
 
     def __post_init__(self) -> None:
         positive_int("train_steps", self.steps)
@@ -70,12 +73,20 @@ class TrainConfig:
         if self.curriculum_start_dim is not None:
             positive_int("curriculum_start_dim", self.curriculum_start_dim)
         positive_int("curriculum_every", self.curriculum_every)
+        if self.curriculum_examples_per_dim is not None:
+            positive_int("curriculum_examples_per_dim", self.curriculum_examples_per_dim)
 
     def active_dims(self, step: int, dim: int) -> int:
         """How many leading coordinates of x step ``step`` (0-based) trains on: all ``dim`` without a curriculum."""
         if self.curriculum_start_dim is None:
             return dim
         return min(dim, self.curriculum_start_dim + step // self.curriculum_every)
+
+    def active_examples(self, step: int, dim: int, examples: int) -> int:
+        """How many examples (the query included) of a prompt of ``examples`` step ``step`` trains on."""
+        if self.curriculum_examples_per_dim is None:
+            return examples
+        return min(examples, self.curriculum_examples_per_dim * self.active_dims(step, dim) + 1)
 
     def learning_rate_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based)."""
@@ -169,6 +180,10 @@ def train(
         active = config.active_dims(step, batch.X.shape[-1])
         if active < batch.X.shape[-1]:
             batch = restrict_dimensions(batch, active)
+        examples = batch.X.shape[-2] + 1
+        kept = config.active_examples(step, batch.X.shape[-1], examples)
+        if kept < examples:
+            batch = truncate_prompts(batch, kept)
         per_model = objective(model, batch)  # (E,)
         optimiser.zero_grad(set_to_none=True)
         per_model.sum().backward()
