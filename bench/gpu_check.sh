@@ -87,7 +87,7 @@ lane() {  # lane PRESET CHAPTER...: the chapters one after another
 
 # Three lanes of about equal CPU time (the chapters' quick times on 2 cores), the longest chapters first.
 default_lanes="05_full_form_gd_plus_plus 08_prompt_length 03_multi_step_pgd 01_setup_and_notation;\
-10_softmax_covariate_shift 02_one_step_pgd 07_gradient_flow;\
+10_gpt_least_squares 11_softmax_covariate_shift 02_one_step_pgd 07_gradient_flow;\
 06_looped_transformers 04_trained_transformers_do_gd 09_distribution_shift"
 lane_tests &
 # shellcheck disable=SC2086  # the chapter lists split on spaces

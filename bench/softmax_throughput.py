@@ -17,7 +17,14 @@ Model FLOPs per member and step (matmuls only; T = 2k tokens, D width, L layers,
 ``fraction_of_peak`` is the useful share of the peak. The peak is the best rate of a large square fp32 ``torch.mm``
 with the same thread count, measured before, between and after the timed steps.
 
-    python bench/softmax_throughput.py --members 6 --width 64 --layers 3 --heads 2 --examples 11 --batch 64 --threads 2
+With ``--hugging-face`` (needs ``transformers``, the ``test`` extra) the same run also times Garg et al.'s model as
+they built it: a Hugging Face ``GPT2Model`` of the same configuration (tanh GELU, dropout 0, its default attention)
+between a read-in ``Linear(d, width)`` and a read-out ``Linear(width, 1)``, one model per member (a Hugging Face model
+has one set of weights), on the same prompts, loss and Adam; ``speedup_vs_hugging_face`` is the ratio of member-steps
+per second. ``tests/test_gpt2_equivalence.py`` shows the two compute the same function on the same weights.
+
+    python bench/softmax_throughput.py --members 3 --width 64 --layers 4 --heads 4 --examples 11 --batch 64 \
+        --threads 2 --hugging-face
 """
 
 from __future__ import annotations
@@ -48,6 +55,60 @@ def model_flops(args: argparse.Namespace) -> int:
     return 3 * args.batch * per_prompt
 
 
+def hugging_face_member_steps_per_sec(args: argparse.Namespace) -> float:
+    """Member-steps per second of Garg et al.'s model: ``transformers.GPT2Model`` with their read-in and read-out,
+    one model per member trained in turn, each step on fresh prompts from the same sampler, loss and optimiser."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_positions=2 * args.examples,
+        n_embd=args.width,
+        n_layer=args.layers,
+        n_head=args.heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        use_cache=False,
+        activation_function="gelu_new",
+    )
+    models = [
+        torch.nn.ModuleList(
+            [torch.nn.Linear(args.dim, args.width), transformers.GPT2Model(config), torch.nn.Linear(args.width, 1)]
+        )
+        for _ in range(args.members)
+    ]
+    optimisers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
+    generator = rng.streams(0).train
+
+    def step(model: torch.nn.ModuleList, optimiser: torch.optim.Optimizer) -> None:
+        batch = tasks.sample_regression(args.batch, args.examples - 1, torch.eye(args.dim), generator=generator)
+        xs = torch.cat([batch.X, batch.x_query.unsqueeze(-2)], -2)
+        ys = torch.cat([batch.y, batch.y_query.unsqueeze(-1)], -1)
+        labels = torch.zeros_like(xs)
+        labels[..., 0] = ys
+        tokens = torch.stack([xs, labels], dim=2).flatten(1, 2)
+        read_in, backbone, read_out = model
+        hidden = backbone(inputs_embeds=read_in(tokens)).last_hidden_state
+        loss = ((read_out(hidden[:, 0::2]).squeeze(-1) - ys) ** 2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    def all_members() -> None:
+        for model, optimiser in zip(models, optimisers, strict=True):
+            step(model, optimiser)
+
+    for _ in range(args.warmup):
+        all_members()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        all_members()
+        times.append(time.perf_counter() - start)
+    return args.members / statistics.median(times)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=5)
@@ -61,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peak-size", type=int, default=2048)
+    parser.add_argument("--hugging-face", action="store_true", help="also time transformers.GPT2Model (see above)")
     args = parser.parse_args(argv)
     for name in ("dim", "examples", "width", "layers", "heads", "members", "batch", "steps", "threads", "peak_size"):
         if getattr(args, name) < 1:
@@ -103,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             peak_rates += matmul_gflops(args.peak_size, 3)
     peak_rates += matmul_gflops(args.peak_size, 3)
 
+    hugging_face = hugging_face_member_steps_per_sec(args) if args.hugging_face else None
     sec_per_step = statistics.median(times)
     flops = model_flops(args) * args.members
     peak = max(peak_rates)
@@ -119,6 +182,14 @@ def main(argv: list[str] | None = None) -> None:
                 "model_gflop_per_step": flops / 1e9,
                 "parameters_per_member": sum(p.numel() for p in model.parameters()) // args.members,
                 "sec_per_step_quartiles": quartiles(times),
+                **(
+                    {
+                        "hugging_face_member_steps_per_sec": hugging_face,
+                        "speedup_vs_hugging_face": args.members / sec_per_step / hugging_face,
+                    }
+                    if hugging_face
+                    else {}
+                ),
                 **{k: v for k, v in vars(args).items()},
                 "torch": torch.__version__,
                 "python": platform.python_version(),

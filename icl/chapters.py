@@ -98,7 +98,15 @@ CHAPTERS: dict[str, Chapter] = {
             "covariances lead to a different limit",
         ),
         Chapter(
-            "10_softmax_covariate_shift",
+            "10_gpt_least_squares",
+            "A GPT learns least squares in context",
+            "gpt_least_squares",
+            "Garg, Tsipras, Liang, Valiant Fig. 2, Sec. 4, App. B",
+            "a small GPT-2 trained on in-context linear regression tracks least squares at every number of examples, "
+            "far below 3-nearest-neighbours and averaging; scaled inputs break it, where least squares does not care",
+        ),
+        Chapter(
+            "11_softmax_covariate_shift",
             "A softmax transformer under covariate shift",
             "softmax_covariate_shift",
             "Zhang, Frei, Bartlett Fig. 1 (Garg et al.'s setup)",

@@ -69,7 +69,8 @@ TINY = {
         "-p",
         "noise_stds=(0.0, 1.0)",
     ],
-    "book/10_softmax_covariate_shift": ["-p", "train_steps=5", "-p", "n_context=6", "-p", "max_context=12"],
+    "book/10_gpt_least_squares": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_test=256"],
+    "book/11_softmax_covariate_shift": ["-p", "train_steps=5", "-p", "n_context=6", "-p", "max_context=12"],
 }
 
 pytestmark = pytest.mark.notebooks
