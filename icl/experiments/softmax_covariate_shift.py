@@ -78,11 +78,10 @@ class SoftmaxShiftConfig(ExperimentConfig):
 
 CONFIG = SoftmaxShiftConfig
 # What `quick` changes against the paper (the config's defaults), and why (see icl.presets).
-QUICK: dict[str, Any] = dict(**gpt.QUICK, n_context=10, n_test=2048)
+QUICK: dict[str, Any] = dict(**gpt.QUICK, n_context=10)
 WHY_QUICK: dict[str, str] = dict(
     **gpt.WHY_QUICK,
     n_context="N = 10 = 2d instead of the paper's 40, 70, 100 (one training length, chapter 10's model)",
-    n_test="2048 test prompts per condition; the standard errors are in the checks",
 )
 WHY_QUICK["max_context"] = "tested up to 2N = 20 instead of 100"
 
