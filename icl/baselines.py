@@ -43,6 +43,25 @@ def least_squares(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> to
     return (w * x_query).sum(-1)
 
 
+def nearest_neighbours(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
+    """The mean label of the ``neighbours`` context inputs nearest to the query (all of them if fewer), Garg et al.'s
+    k-NN baseline. -> (...)."""
+    distances = (X - x_query.unsqueeze(-2)).square().sum(-1)  # (..., n)
+    nearest = distances.topk(min(positive_int("neighbours", neighbours), X.shape[-2]), dim=-1, largest=False).indices
+    return y.gather(-1, nearest).mean(-1)
+
+
+def prefix_errors(
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], xs: torch.Tensor, ys: torch.Tensor
+) -> torch.Tensor:
+    """Squared errors of ``predict`` at every position of a sequence of examples, each fit on the examples before it
+    (the zero estimator at position 0, with none): xs (B, K, d), ys (B, K) -> (B, K)."""
+    columns = [ys[:, 0] ** 2]
+    for k in range(1, xs.shape[-2]):
+        columns.append((predict(xs[:, :k], ys[:, :k], xs[:, k]) - ys[:, k]) ** 2)
+    return torch.stack(columns, dim=-1)
+
+
 def ridge(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, regularisation: float) -> torch.Tensor:
     """Ridge regression ŵ = (Ŝ + λ I)⁻¹ h with λ = ``regularisation`` > 0."""
     regularisation = finite_float("regularisation", regularisation, minimum=0.0, strict=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icl import presets
+from icl import baselines, presets
 from icl.experiments import gpt_least_squares as experiment
 
 TINY = dict(dim=3, max_context=6, width=16, n_layers=1, n_heads=2, n_seeds=2, train_steps=20, batch_size=16, n_test=64)
@@ -44,11 +44,13 @@ def test_baselines_on_hand_made_prompts() -> None:
     X = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0], [0.0, 1.0]]], dtype=torch.float64)
     y = torch.tensor([[1.0, 2.0, 30.0, 4.0]], dtype=torch.float64)
     query = torch.tensor([[0.1, 0.1]], dtype=torch.float64)
-    assert experiment.nearest_neighbours(X, y, query).item() == pytest.approx((1 + 2 + 4) / 3)  # not (5, 5)
-    assert experiment.nearest_neighbours(X[:, :2], y[:, :2], query).item() == pytest.approx(1.5)  # all of 2
+    assert baselines.nearest_neighbours(X, y, query).item() == pytest.approx((1 + 2 + 4) / 3)  # not (5, 5)
+    assert baselines.nearest_neighbours(X[:, :2], y[:, :2], query).item() == pytest.approx(1.5)  # all of 2
     w = (X * y.unsqueeze(-1)).mean(-2)
     assert experiment.averaging(X, y, query).item() == pytest.approx((w * query).sum().item())
-    assert experiment.averaging(X[:, :0], y[:, :0], query).item() == 0.0
+    xs, ys = torch.cat([X, query.unsqueeze(1)], 1), torch.cat([y, torch.tensor([[7.0]], dtype=torch.float64)], 1)
+    errors = baselines.prefix_errors(baselines.nearest_neighbours, xs, ys)  # position 0: the zero estimator
+    torch.testing.assert_close(errors[0, [0, 4]], torch.tensor([1.0, (7 - 7 / 3) ** 2], dtype=torch.float64))
 
 
 def test_orthogonal_query_is_orthogonal_to_the_context_and_keeps_its_norm() -> None:

@@ -105,32 +105,9 @@ class GPTLeastSquaresResult(NamedTuple):
     elapsed_seconds: float
 
 
-def nearest_neighbours(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
-    """The mean label of the ``neighbours`` context inputs nearest to the query (all of them if fewer; 0 with none):
-    X (..., n, d), y (..., n), x_query (..., d) -> (...)."""
-    n = X.shape[-2]
-    if n == 0:
-        return torch.zeros_like(x_query[..., 0])
-    distances = (X - x_query.unsqueeze(-2)).square().sum(-1)  # (..., n)
-    nearest = distances.topk(min(neighbours, n), dim=-1, largest=False).indices
-    return y.gather(-1, nearest).mean(-1)
-
-
 def averaging(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-    """ŷ = x_qᵀ (1/n) Σ yᵢ xᵢ (0 with no examples): one plain GD step of size 1 from 0. -> (...)."""
-    if X.shape[-2] == 0:
-        return torch.zeros_like(x_query[..., 0])
-    return ((X * y.unsqueeze(-1)).mean(-2) * x_query).sum(-1)
-
-
-def _baseline_errors(predict, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """Squared errors of ``predict(X, y, x_query)`` at every position, fit on the examples before it: (B, K)."""
-    columns = []
-    for k in range(xs.shape[-2]):
-        X, y = xs[:, :k], ys[:, :k]
-        prediction = baselines.zero(X, y, xs[:, k]) if k == 0 else predict(X, y, xs[:, k])
-        columns.append((prediction - ys[:, k]) ** 2)
-    return torch.stack(columns, dim=-1)
+    """ŷ = x_qᵀ (1/n) Σ yᵢ xᵢ: one plain GD step of size 1 from 0 (Garg et al.'s "averaging"). -> (...)."""
+    return baselines.gd(X, y, x_query, 1.0)
 
 
 def skewed_covariance(dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -193,9 +170,9 @@ def run(config: GPTLeastSquaresConfig, *, progress: bool = True) -> GPTLeastSqua
     xs, ys, w = _prompts(config, generator)
     gpt_mean, gpt_se = normalised((gpt.predictions(model, xs, ys).double() - ys.double()) ** 2, d)
     xs64, ys64 = xs.double(), ys.double()
-    ls_mean, ls_se = normalised(_baseline_errors(baselines.least_squares, xs64, ys64), d)
-    nn_mean, _ = normalised(_baseline_errors(nearest_neighbours, xs64, ys64), d)
-    avg_mean, avg_se = normalised(_baseline_errors(averaging, xs64, ys64), d)
+    ls_mean, ls_se = normalised(baselines.prefix_errors(baselines.least_squares, xs64, ys64), d)
+    nn_mean, _ = normalised(baselines.prefix_errors(baselines.nearest_neighbours, xs64, ys64), d)
+    avg_mean, avg_se = normalised(baselines.prefix_errors(averaging, xs64, ys64), d)
     eye = torch.eye(d, dtype=torch.float64)
     linear = torch.tensor(
         [1.0] + [theory.optimal_one_step_loss(eye, k).item() / d for k in range(1, K)], dtype=torch.float64
@@ -212,7 +189,7 @@ def run(config: GPTLeastSquaresConfig, *, progress: bool = True) -> GPTLeastSqua
 
     def whole_prompts(xs: torch.Tensor, ys: torch.Tensor, level: float, name: str) -> None:
         gpt_errors = (gpt.predictions(model, xs, ys).double() - ys.double()) ** 2
-        add(name, gpt_errors, _baseline_errors(baselines.least_squares, xs.double(), ys.double()), level)
+        add(name, gpt_errors, baselines.prefix_errors(baselines.least_squares, xs.double(), ys.double()), level)
 
     skewed = skewed_covariance(d, task).float()
     whole_prompts(*_prompts(config, generator, covariance=skewed)[:2], d, "skewed covariance")

@@ -125,16 +125,6 @@ def _test_prompts(config: SoftmaxShiftConfig, scale: float | None, size: int, ge
     return xs, ys, variances
 
 
-def _least_squares_errors(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """Squared errors of minimum-norm least squares at every position M (fit on the M examples before it, 0 at
-    M = 0), float64: (B, K)."""
-    xs, ys = xs.double(), ys.double()
-    columns = [ys[:, 0] ** 2]
-    for m in range(1, xs.shape[1]):
-        columns.append((baselines.least_squares(xs[:, :m], ys[:, :m], xs[:, m]) - ys[:, m]) ** 2)
-    return torch.stack(columns, dim=-1)
-
-
 def isotropic_linear_errors(scale: float, variances: torch.Tensor, max_context: int) -> torch.Tensor:
     """Exact MSE of the linear transformer ŷ = x_qᵀ (αI) (1/M) Σ y_i x_i (α = ``scale``) at M = 1 … max_context,
     on each covariance diag(v) of ``variances`` (C, d), w ~ N(0, I), no noise; M = 0 is the zero estimator, Σ v:
@@ -178,7 +168,7 @@ def run(config: SoftmaxShiftConfig, *, progress: bool = True) -> SoftmaxShiftRes
             mean, se = mean_and_se(values)
             means.append(mean.reshape(len(REGIMES), S).cpu())
             ses.append(se.reshape(len(REGIMES), S).cpu())
-        mean, se = mean_and_se(_least_squares_errors(xs, ys).T / d)
+        mean, se = mean_and_se(baselines.prefix_errors(baselines.least_squares, xs.double(), ys.double()).T / d)
         ls.append(mean.cpu())
         ls_se.append(se.cpu())
         lin_fixed.append((isotropic_linear_errors(fixed_scale, variances, config.max_context).mean(0) / d).cpu())
