@@ -10,7 +10,15 @@ from icl.checks import ClaimCheckFailed
 from icl.experiments import one_step_pgd
 
 TINY = dict(
-    dim=3, n_context=6, n_context_sweep=(4, 6), n_seeds=2, train_steps=40, batch_size=64, n_test=2000, device="cpu"
+    dim=3,
+    n_context=6,
+    n_context_sweep=(4, 6),
+    n_seeds=2,
+    train_steps=40,
+    batch_size=64,
+    n_test=2000,
+    random_start_seeds=3,
+    device="cpu",
 )
 
 
@@ -60,6 +68,13 @@ def test_result_shapes(stored) -> None:
     assert r.learned.shape == r.optimal.shape == r.covariance.shape == (K, S, d, d)
     assert r.test_loss.shape == r.error_to_optimal.shape == (K, S)
     assert r.sweep_error_to_optimal.shape == (N, S)
+    R = TINY["random_start_seeds"]
+    assert r.random_start_covariance.shape == (K, R, d, d)
+    assert r.random_start_loss_ratio.shape == r.random_start_error.shape == r.random_start_initial_ratio.shape == (K, R)
+    assert r.random_start_curve.shape == (len(r.curve_steps), K, R)
+    assert torch.equal(r.random_start_covariance[0], torch.eye(d, dtype=torch.float64).expand(R, d, d))
+    assert one_step_pgd.random_start_kappa(r) == pytest.approx(16.0)  # the paper's κ, whatever the main run's
+    assert not torch.equal(r.random_start_covariance[1, 0], r.covariance[1, 0])  # their own rotations
     assert torch.equal(r.covariance[0], torch.eye(d, dtype=torch.float64).expand(S, d, d))
 
 
@@ -93,6 +108,11 @@ def exact_result(r: one_step_pgd.OneStepPGDResult) -> one_step_pgd.OneStepPGDRes
         sweep_error_to_inverse=r.sweep_optimal_to_inverse,
         label_row_ratio=torch.full_like(r.label_row_ratio, 1e-3),
         key_column_ratio=torch.full_like(r.key_column_ratio, 1e-3),
+        # from a random start: every model on Σ = I converged, one on the ill-conditioned Σ stalled
+        random_start_error=torch.full_like(r.random_start_error, 1e-3),
+        random_start_label_row_ratio=torch.full_like(r.random_start_label_row_ratio, 1e-3),
+        random_start_key_column_ratio=torch.full_like(r.random_start_key_column_ratio, 1e-3),
+        random_start_loss_ratio=torch.tensor([[1.0] * 3, [2.5, 1.0, 1.0]], dtype=torch.float64),
     )
 
 
@@ -116,6 +136,15 @@ def test_checks_pass_on_the_theory_and_fail_on_the_naive_answer(stored) -> None:
     kept = exact._replace(label_row_ratio=torch.full_like(exact.label_row_ratio, 0.04))
     failed = [c.name for c in one_step_pgd.claim_checks(kept).checks if not c.passed]
     assert len(failed) == 1 and failed[0].startswith("blocks that vanish"), failed
+    # The finding fails when no random-start model stalls, the convergence check when one on Σ = I does not converge.
+    none_stalled = exact._replace(random_start_loss_ratio=torch.ones_like(exact.random_start_loss_ratio))
+    failed = [c.name for c in one_step_pgd.claim_checks(none_stalled).checks if not c.passed]
+    assert len(failed) == 1 and "stays ≥ 1.5 f*" in failed[0], failed
+    error = exact.random_start_error.clone()
+    error[0, 1] = 0.1
+    unconverged = exact._replace(random_start_error=error)
+    failed = [c.name for c in one_step_pgd.claim_checks(unconverged).checks if not c.passed]
+    assert len(failed) == 1 and failed[0].startswith("random start, Σ = I: max relative error"), failed
 
 
 def test_no_checkpoint_is_left_once_the_results_are_stored(stored) -> None:

@@ -163,6 +163,10 @@ def test_shapes_and_the_covariances(stored) -> None:
         assert getattr(r, name).shape == (K, 2 * S), name
     assert r.untied_loops.tolist() == [2] and r.untied_loss.shape == (1, S)
     assert r.sweep_scale.shape == (2, 1, S) and r.sweep_optimal_step_size.shape == (2, 1)
+    for name in ("scale", "distance", "u_ratio", "loss", "loss_se"):
+        assert getattr(r, f"underdetermined_{name}").shape == (K, S), name
+    assert r.underdetermined_optimal_step_size.shape == r.underdetermined_optimal_loss.shape == (K,)
+    assert (r.underdetermined_optimal_loss >= d - 1).all()  # n = 1 below d = 3: at least d − n
     assert r.looping_mean.shape == r.looping_gd_median.shape == (2, 1, 4, T, S)
     assert r.floor_median.shape == (2, 1, 4, S)
     assert r.diverging_fraction.shape == (2, 1, S) and r.diverging_fraction[1].isnan().all()
@@ -244,6 +248,9 @@ def test_undertrained_models_fail_the_claim_checks(stored) -> None:
         (dict(max_test_loops=1), "max_test_loops"),
         (dict(u_init_std=-1.0), "u_init_std"),
         (dict(dim=-2), "dim"),
+        (dict(dim=1), "dim"),
+        (dict(n_underdetermined=3), "n_underdetermined"),
+        (dict(n_underdetermined=0), "n_underdetermined"),
     ],
 )
 def test_bad_parameters_are_named(change: dict, message: str) -> None:
@@ -254,3 +261,11 @@ def test_bad_parameters_are_named(change: dict, message: str) -> None:
 def test_the_sweep_always_holds_the_main_context_length() -> None:
     config = presets.get("looped_transformers", "quick", device="cpu", **TINY)
     assert config.n_sweep == (6, 12) and config.looping_contexts == (6, 12)
+
+
+def test_the_context_length_below_d_defaults_to_half_of_d() -> None:
+    def config(**changes):
+        return presets.get("looped_transformers", "quick", device="cpu", **changes)
+
+    assert config(**TINY).n_underdetermined == 1 and config().n_underdetermined == 5
+    assert config(**{**TINY, "n_underdetermined": 2}).n_underdetermined == 2

@@ -108,6 +108,8 @@ def test_unknown_names(call, message: str) -> None:
         ("init_std", 0.0),
         ("init_scale", -1.0),
         ("initialisation", "zeros"),
+        ("random_start_seeds", 0),
+        ("random_start_condition_number", 0.5),
         ("seed", -1),
         ("seed", 1.5),
         ("device", "gpu"),

@@ -69,6 +69,7 @@ class LoopedConfig(LinearExperimentConfig):
     loops: tuple[int, ...] = (1, 2, 3, 5)
     condition_number: float = 4.0
     n_sweep: tuple[int, ...] = (10, 20, 40, 100)
+    n_underdetermined: int | None = None  # a context length below d, every L in ``loops``; None: d // 2
     looping_from: tuple[int, ...] = (2, 5)
     max_test_loops: int = 50
     ood_ranges: tuple[float, ...] = (0.25, 1.0, 0.5, 2.0, 0.25, 4.0)
@@ -88,6 +89,14 @@ class LoopedConfig(LinearExperimentConfig):
             put(name, positive_int(name, getattr(self, name)))
         put("loops", tuple(sorted(set(int_tuple("loops", self.loops)))))
         put("n_sweep", tuple(sorted(set(int_tuple("n_sweep", self.n_sweep)) | {self.n_context})))
+        if self.dim < 2:
+            raise ValueError(
+                f"dim must be at least 2, so that a context length n_underdetermined < d exists, got {self.dim}"
+            )
+        n_under = self.dim // 2 if self.n_underdetermined is None else self.n_underdetermined
+        put("n_underdetermined", positive_int("n_underdetermined", n_under))
+        if self.n_underdetermined >= self.dim:
+            raise ValueError(f"n_underdetermined must be below dim={self.dim}, got {self.n_underdetermined}")
         put("looping_from", tuple(sorted(set(int_tuple("looping_from", self.looping_from)))))
         if not set(self.looping_from) <= set(self.loops):
             raise ValueError(f"looping_from must be among loops={self.loops}, got {self.looping_from}")
@@ -184,6 +193,14 @@ class LoopedResult(NamedTuple):
     sweep_scale: torch.Tensor
     sweep_distance: torch.Tensor
     sweep_u_ratio: torch.Tensor  # max(‖u_P‖, ‖u_Q‖)/‖A‖_F
+    # looped models at n = n_underdetermined < d on Σ = I, every L in loops
+    underdetermined_optimal_step_size: torch.Tensor  # (K,) a*(n, L)
+    underdetermined_optimal_loss: torch.Tensor  # (K,) the looped optimum's MSE, at least d − n
+    underdetermined_scale: torch.Tensor  # (K, S) tr(A)/d
+    underdetermined_distance: torch.Tensor  # (K, S) Dist(A, I)
+    underdetermined_u_ratio: torch.Tensor  # (K, S) max(‖u_P‖, ‖u_Q‖)/‖A‖_F
+    underdetermined_loss: torch.Tensor  # (K, S) Monte Carlo MSE on n_test prompts
+    underdetermined_loss_se: torch.Tensor  # (K, S)
     # test-time looping at n ∈ looping_contexts, losses per loop L' = 1 … T
     looping_mean: torch.Tensor  # (C, J, F, T, S) mean squared error of the trained model
     looping_median: torch.Tensor  # (C, J, F, T, S)
@@ -207,6 +224,7 @@ def run(config: LoopedConfig, *, progress: bool = True) -> LoopedResult:
     main, snapshot_steps, models = training.main_runs(config, covariance, progress)
     untied = training.untied_runs(config, identity, progress)
     sweep, looped_at = training.sweep_runs(config, models, identity, progress)
+    underdetermined = training.underdetermined_runs(config, identity, progress)
     return LoopedResult(
         covariance=covariance.cpu(),
         **training.theory_columns(config),
@@ -214,6 +232,7 @@ def run(config: LoopedConfig, *, progress: bool = True) -> LoopedResult:
         **untied,
         snapshot_steps=snapshot_steps,
         **sweep,
+        **underdetermined,
         **looping.looping_runs(config, looped_at),
         elapsed_seconds=time.perf_counter() - start,
     )

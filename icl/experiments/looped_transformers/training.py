@@ -6,7 +6,9 @@ Training runs (one ensemble per run, one model per seed, trained side by side):
   condition number ``condition_number`` (one ensemble holds both), and untied sparse models (one A_ℓ per
   layer, Ahn et al.'s eq. 8) on Σ = I for every L >= 2;
 - at every other n in ``n_sweep`` (which always holds ``n_context``), for every L in ``looping_from``: looped
-  models on Σ = I.
+  models on Σ = I;
+- at ``n_underdetermined`` < d, for every L in ``loops``: looped models on Σ = I (Gatmiry et al.'s n < d case,
+  outside their theory; the exact optimum a* still holds, with an MSE of at least d − n).
 
 The theory's optimum for the looped model is :func:`icl.theory.optimal_looped_step_size` (a*, exact), for the
 untied one :func:`icl.theory.optimal_multi_step`.
@@ -249,6 +251,27 @@ def sweep_runs(
     }, looped_at
 
 
+def underdetermined_runs(config: LoopedConfig, identity: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:
+    """Looped models on Σ = I at n = ``n_underdetermined`` < d for every L in ``loops``: the optimum a*(n, L) and
+    its MSE (K,), and per model the scale, Dist(A, I), the u ratio and the test MSE with its s.e. (K, S)."""
+    n = config.n_underdetermined
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("scale", "distance", "u_ratio", "loss", "loss_se")}
+    for L, model, _ in _looped_runs(config, n, config.loops, identity, progress):
+        summary = _preconditioner(model.A.detach(), identity)
+        u_P, u_Q = _u_norm(dict(model.named_parameters()))
+        loss, loss_se = _test_loss(model, identity, n, config, run_part("looped", n, (L,))[1])
+        rows["scale"].append(summary["scale"])
+        rows["distance"].append(summary["distance"])
+        rows["u_ratio"].append(torch.maximum(u_P, u_Q) / model.A.detach().double().norm(dim=(-2, -1))[:, 0])
+        rows["loss"].append(loss)
+        rows["loss_se"].append(loss_se)
+    optima = [theory.optimal_looped_step_size(config.dim, n, L) for L in config.loops]
+    out = {f"underdetermined_{key}": torch.stack(value).detach().double().cpu() for key, value in rows.items()}
+    out["underdetermined_optimal_step_size"] = torch.stack([o.step_sizes[0] for o in optima]).double().cpu()
+    out["underdetermined_optimal_loss"] = torch.stack([o.loss for o in optima]).double().cpu()
+    return out
+
+
 def theory_columns(config: LoopedConfig) -> dict[str, Any]:
     """The optima at ``n_context`` for every L in ``loops``: a*, the looped and untied MSE, the untied steps."""
     optima = [theory.optimal_looped_step_size(config.dim, config.n_context, L) for L in config.loops]
@@ -265,7 +288,7 @@ def check(checks: ClaimChecks, result: LoopedResult, config: LoopedConfig) -> No
     """The first claim's checks: u → 0, A a multiple of Σ⁻¹ at the scale a*, the looped optimum's MSE, and the
     untied model at or below the looped one and near its own optimum."""
     u_ratio = torch.maximum(result.u_P_norm, result.u_Q_norm) / result.A_norm
-    u_worst = max(u_ratio.max().item(), result.sweep_u_ratio.max().item())
+    u_worst = max(u_ratio.max().item(), result.sweep_u_ratio.max().item(), result.underdetermined_u_ratio.max().item())
     checks.at_most(
         "max over looped models of max(‖u_P‖, ‖u_Q‖) / ‖A‖_F",
         u_worst,
@@ -290,6 +313,28 @@ def check(checks: ClaimChecks, result: LoopedResult, config: LoopedConfig) -> No
             result.optimal_loss[k].item(),
             rtol=0.05,
             reason="against the looped optimum d·E(1 − a*λ)^{2L}",
+        )
+    tag = f"n = {config.n_underdetermined} < d = {config.dim}"
+    checks.at_most(
+        f"{tag}: max over looped models of Dist(A, I)",
+        result.underdetermined_distance.max().item(),
+        0.05,
+        reason="A is a multiple of I below n = d too",
+    )
+    checks.at_most(
+        f"{tag}: max over looped models of |a / a*(n, L) − 1|",
+        (result.underdetermined_scale / result.underdetermined_optimal_step_size[:, None] - 1).abs().max().item(),
+        0.05,
+        reason="the exact a*, still defined when Ŝ is singular",
+    )
+    for k, L in enumerate(config.loops):
+        se = (result.underdetermined_loss_se[k] ** 2).mean().sqrt().item() / result.underdetermined_loss.shape[1] ** 0.5
+        checks.close(
+            f"{tag}, L = {L}: looped test MSE, mean over models (s.e. {se:.4f})",
+            result.underdetermined_loss[k].mean().item(),
+            result.underdetermined_optimal_loss[k].item(),
+            rtol=0.05,
+            reason=f"against the looped optimum, which is at least d − n = {config.dim - config.n_underdetermined}",
         )
     for k, L in enumerate(result.untied_loops.tolist()):
         looped = result.test_loss[config.loops.index(L), : config.n_seeds].mean().item()
@@ -320,6 +365,7 @@ def summary(result: LoopedResult, config: LoopedConfig) -> dict[str, Any]:
     else:
         untied_gain = "(no untied run)"
     all_a = torch.cat([r.optimal_step_size, r.sweep_optimal_step_size.flatten()])
+    under = r.underdetermined_loss.mean(-1) / r.underdetermined_optimal_loss
     return {
         "d": d,
         "n": n0,
@@ -341,4 +387,15 @@ def summary(result: LoopedResult, config: LoopedConfig) -> dict[str, Any]:
         "loss_ratio_low": ratio.min().item(),
         "loss_ratio_high": ratio.max().item(),
         "untied_gain": untied_gain,
+        "under_n": config.n_underdetermined,
+        "under_floor": d - config.n_underdetermined,
+        "under_dist_max": r.underdetermined_distance.max().item(),
+        "under_scale_error": (r.underdetermined_scale / r.underdetermined_optimal_step_size[:, None] - 1)
+        .abs()
+        .max()
+        .item(),
+        "under_a_high": r.underdetermined_optimal_step_size.max().item(),
+        "under_a_low": r.underdetermined_optimal_step_size.min().item(),
+        "under_loss_ratio_low": under.min().item(),
+        "under_loss_ratio_high": under.max().item(),
     }

@@ -7,8 +7,12 @@ trained side by side), and for a sweep of context lengths n on the ill-condition
 gauge-invariant preconditioner A = −P[d, d] · Q[:d, :d] is compared with
 Γ* = ((1 + 1/n) Σ + tr(Σ)/n · I)⁻¹ and with the naive answer Σ⁻¹.
 
+A second ensemble starts from a purely random small start instead of the balanced one, ``R`` models on
+Σ = I and ``R`` on a rotated Σ of condition number ``random_start_condition_number``: on the ill-conditioned Σ
+some of them stall on a plateau well above the optimum.
+
 Shapes in the result: ``K = 2`` covariance kinds (isotropic, ill-conditioned), ``S`` seeds,
-``N`` context lengths of the sweep, ``d`` dimension.
+``N`` context lengths of the sweep, ``R`` random-start models per kind, ``d`` dimension.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from icl import baselines, evaluate, rng, tasks, theory
+from icl import evaluate, theory
 from icl.checks import ClaimChecks
 from icl.config import (
     LinearExperimentConfig,
@@ -28,12 +32,29 @@ from icl.config import (
     one_of,
     positive_int,
 )
-from icl.evaluate import downsample_curve, monte_carlo_predictions
-from icl.models import LinearTransformer, add_balanced_initialisation_
-from icl.train import TrainConfig, fit_cached
+from icl.evaluate import downsample_curve
+from icl.experiments.one_step_pgd import random_start
+from icl.experiments.one_step_pgd.random_start import STALL
+from icl.experiments.one_step_pgd.random_start import kappa as random_start_kappa
+from icl.experiments.one_step_pgd.training import KINDS, NAME, covariances, read_weights, test_losses, train_ensemble
 
-NAME = "one_step_pgd"
-KINDS: tuple[str, ...] = ("isotropic", "ill-conditioned")
+__all__ = [
+    "CONFIG",
+    "KINDS",
+    "NAME",
+    "QUICK",
+    "STALL",
+    "WHY_QUICK",
+    "OneStepPGDConfig",
+    "OneStepPGDResult",
+    "claim_checks",
+    "covariances",
+    "key_arrays",
+    "random_start_kappa",
+    "run",
+    "summary",
+]
+
 INITIALISATIONS: tuple[str, ...] = ("balanced", "random")
 
 
@@ -57,6 +78,8 @@ class OneStepPGDConfig(LinearExperimentConfig):
     init_scale: float = 0.5
     init_std: float = 0.01
     n_test: int = 400_000
+    random_start_seeds: int = 20
+    random_start_condition_number: float = 16.0
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shared training fields
@@ -67,6 +90,11 @@ class OneStepPGDConfig(LinearExperimentConfig):
         put("n_context_sweep", int_tuple("n_context_sweep", self.n_context_sweep))
         one_of("initialisation", self.initialisation, INITIALISATIONS)
         put("init_scale", finite_float("init_scale", self.init_scale, minimum=0.0))
+        put("random_start_seeds", positive_int("random_start_seeds", self.random_start_seeds))
+        put(
+            "random_start_condition_number",
+            finite_float("random_start_condition_number", self.random_start_condition_number, minimum=1.0),
+        )
 
 
 CONFIG = OneStepPGDConfig
@@ -111,95 +139,16 @@ class OneStepPGDResult(NamedTuple):
     sweep_error_to_inverse: torch.Tensor  # (N, S)
     sweep_optimal_to_inverse: torch.Tensor  # (N, S) ‖Γ* − Σ⁻¹‖_F / ‖Σ⁻¹‖_F, the gap the check must resolve
     sweep_loss_ratio: torch.Tensor  # (N, S) Monte Carlo loss / f*
+    # From a random small start at n = n_context, on I and on a rotated Σ of condition number
+    # random_start_condition_number:
+    random_start_covariance: torch.Tensor  # (K, R, d, d)
+    random_start_loss_ratio: torch.Tensor  # (K, R) training MSE over the last tenth of the steps / f*
+    random_start_error: torch.Tensor  # (K, R) ‖A − Γ*‖_F / ‖Γ*‖_F
+    random_start_label_row_ratio: torch.Tensor  # (K, R)
+    random_start_key_column_ratio: torch.Tensor  # (K, R)
+    random_start_initial_ratio: torch.Tensor  # (K, R) the larger of the two ratios at initialisation
+    random_start_curve: torch.Tensor  # (T, K, R) training MSE / f*, window means (steps: curve_steps)
     elapsed_seconds: float
-
-
-def covariances(config: OneStepPGDConfig) -> torch.Tensor:
-    """The (K=2, S, d, d) float64 covariances: I_d, and a rotated Σ of condition number κ per seed."""
-    generator = rng.streams(config.seed, config.device).task
-    ill = torch.stack(
-        [
-            tasks.covariance_from_condition_number(config.dim, config.condition_number, generator=generator)
-            for _ in range(config.n_seeds)
-        ]
-    ).to(config.device)
-    return torch.stack([torch.eye(config.dim, dtype=torch.float64, device=config.device).expand_as(ill), ill])
-
-
-class _Trained(NamedTuple):
-    model: LinearTransformer
-    losses: torch.Tensor  # (steps, E)
-    eval_generator: torch.Generator
-    initial: dict[str, torch.Tensor]  # :func:`_read` of the untrained model
-
-
-def _train(config: OneStepPGDConfig, covariance: torch.Tensor, n: int, part: int, progress: bool) -> _Trained:
-    """Train one ensemble (one model per covariance in ``covariance``: (E, d, d)) at context length n."""
-    streams = rng.streams(config.seed, config.device, part=part)
-    model = LinearTransformer(
-        config.dim,
-        1,
-        parameterisation="full",
-        n_models=covariance.shape[0],
-        init_std=config.init_std,
-        generator=streams.init,
-    )
-    if config.initialisation == "balanced":
-        add_balanced_initialisation_(model, config.init_scale, generator=streams.init)
-    initial = _read(model)
-    covariance32 = covariance.float()
-
-    batch_size = max(1, round(config.batch_size * config.n_context / n))
-
-    def sample(generator: torch.Generator) -> tasks.RegressionBatch:
-        return tasks.sample_regression(batch_size, n, covariance32, generator=generator)
-
-    train_config = TrainConfig(steps=config.train_steps, learning_rate=config.learning_rate)
-    result = fit_cached(
-        NAME,
-        config,
-        f"n{n}",
-        model,
-        sample,
-        train_config,
-        generator=streams.train,
-        progress=progress,
-        description=f"n={n}, {covariance.shape[0]} models",
-    )
-    return _Trained(model, result.losses, streams.eval, initial)
-
-
-@torch.no_grad()
-def _test_losses(
-    model: LinearTransformer, covariance: torch.Tensor, n: int, config: OneStepPGDConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Monte Carlo MSE and its s.e. for the model, and the MSE of the Γ* predictor, on the same prompts. -> 3 × (E,)."""
-    optimal = torch.stack([theory.optimal_preconditioner(c, n) for c in covariance]).float().unsqueeze(1)
-    predictions = monte_carlo_predictions(
-        config.n_test,
-        n,
-        lambda size: tasks.sample_regression(size, n, covariance.float(), generator=generator),
-        {
-            "model": lambda b: model.predict(b.X, b.y, b.x_query),
-            "optimal": lambda b: baselines.preconditioned_gd(b.X, b.y, b.x_query, optimal),
-        },
-    )
-    model_loss = evaluate.mse(predictions["model"], predictions["target"])
-    optimal_loss = evaluate.mse(predictions["optimal"], predictions["target"])
-    return model_loss.mean, model_loss.standard_error, optimal_loss.mean
-
-
-def _read(model: LinearTransformer) -> dict[str, torch.Tensor]:
-    """The learned preconditioner and the ratios of the blocks theory says vanish, per model."""
-    d = model.dim
-    A = model.preconditioner()[:, 0].detach().double()
-    P, Q = (w[:, 0].detach().double() for w in model.weights())
-    return {
-        "learned": evaluate.symmetric_part(A),
-        "asymmetry": evaluate.asymmetry(A),
-        "label_row_ratio": P[:, d, :d].norm(dim=-1) / P[:, d, d].abs(),
-        "key_column_ratio": Q[:, d, :d].norm(dim=-1) / torch.linalg.matrix_norm(Q[:, :d, :d]),
-    }
 
 
 def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
@@ -209,11 +158,11 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
     covariance = covariances(config)  # (K, S, d, d)
     n = config.n_context
     flat_covariance = covariance.reshape(K * S, config.dim, config.dim)
-    main = _train(config, flat_covariance, n, 0, progress)
-    read = {k: v.reshape(K, S, *v.shape[1:]) for k, v in _read(main.model).items()}
+    main = train_ensemble(config, flat_covariance, n, 0, progress)
+    read = {k: v.reshape(K, S, *v.shape[1:]) for k, v in read_weights(main.model).items()}
     initial = {k: v.reshape(K, S) for k, v in main.initial.items() if k.endswith("ratio")}
     loss, loss_se, optimal_mc = (
-        x.reshape(K, S) for x in _test_losses(main.model, flat_covariance, n, config, main.eval_generator)
+        x.reshape(K, S) for x in test_losses(main.model, flat_covariance, n, config, main.eval_generator)
     )
     optimal = torch.stack([torch.stack([theory.optimal_preconditioner(c, n) for c in kind]) for kind in covariance])
     inverse = torch.linalg.inv(covariance)
@@ -230,15 +179,16 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
         if n_sweep == n:
             learned, mc = read["learned"][1], loss[1]
         else:
-            trained = _train(config, ill, n_sweep, part, progress)
-            learned = _read(trained.model)["learned"]
-            mc = _test_losses(trained.model, ill, n_sweep, config, trained.eval_generator)[0]
+            trained = train_ensemble(config, ill, n_sweep, part, progress)
+            learned = read_weights(trained.model)["learned"]
+            mc = test_losses(trained.model, ill, n_sweep, config, trained.eval_generator)[0]
         gamma = torch.stack([theory.optimal_preconditioner(c, n_sweep) for c in ill])
         sweep_errors.append(evaluate.relative_error(learned, gamma))
         sweep_inverse.append(evaluate.relative_error(learned, inverse[1]))
         sweep_gap.append(evaluate.relative_error(gamma, inverse[1]))
         sweep_ratio.append(mc / theory.optimal_one_step_loss(ill[0], n_sweep))
 
+    from_random_start = random_start.runs(config, progress)
     cpu = lambda x: x.detach().double().cpu()  # noqa: E731
     return OneStepPGDResult(
         covariance=cpu(covariance),
@@ -265,6 +215,7 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
         sweep_error_to_inverse=cpu(torch.stack(sweep_inverse)),
         sweep_optimal_to_inverse=cpu(torch.stack(sweep_gap)),
         sweep_loss_ratio=cpu(torch.stack(sweep_ratio)),
+        **{f"random_start_{key}": cpu(value) for key, value in from_random_start.items()},
         elapsed_seconds=time.perf_counter() - start,
     )
 
@@ -321,6 +272,7 @@ def claim_checks(result: OneStepPGDResult) -> ClaimChecks:
         5.0,
         reason="tells Γ*(n) from Σ⁻¹ at every n",
     )
+    random_start.check(checks, result)
     return checks
 
 
@@ -343,16 +295,21 @@ def summary(result: OneStepPGDResult) -> dict[str, float | int]:
         out[f"{tag}_test_se"] = (r.test_loss_se[k] ** 2).mean().sqrt().item() / n_seeds**0.5
         out[f"{tag}_optimal_loss"] = r.optimal_loss[k].item()
         out[f"{tag}_inverse_loss"] = r.inverse_loss[k].item()
-    return out | {
-        "sweep_err_max": r.sweep_error_to_optimal.max().item(),
-        "sweep_gap_small": r.sweep_optimal_to_inverse[0].mean().item(),
-        "sweep_gap_large": r.sweep_optimal_to_inverse[-1].mean().item(),
-        "sweep_gap_min": r.sweep_optimal_to_inverse.min().item(),
-        "sweep_n_small": int(r.sweep_n[0]),
-        "sweep_n_large": int(r.sweep_n[-1]),
-    }
+    return (
+        out
+        | {
+            "sweep_err_max": r.sweep_error_to_optimal.max().item(),
+            "sweep_gap_small": r.sweep_optimal_to_inverse[0].mean().item(),
+            "sweep_gap_large": r.sweep_optimal_to_inverse[-1].mean().item(),
+            "sweep_gap_min": r.sweep_optimal_to_inverse.min().item(),
+            "sweep_n_small": int(r.sweep_n[0]),
+            "sweep_n_large": int(r.sweep_n[-1]),
+        }
+        | random_start.summary(r)
+    )
 
 
 def key_arrays(result: OneStepPGDResult) -> dict[str, Any]:
     """The arrays a reader most likely wants, for the chapter's JSON."""
-    return {k: v for k, v in result._asdict().items() if k not in ("curve", "curve_steps", "elapsed_seconds")}
+    skip = ("curve", "curve_steps", "random_start_curve", "elapsed_seconds")
+    return {k: v for k, v in result._asdict().items() if k not in skip}
