@@ -5,6 +5,11 @@ The in-context least-squares objective is R(w) = (1/2n) Σ_i (⟨w, x_i⟩ − y
 ∇R(w) = Ŝ w − h with Ŝ = (1/n) Σ x_i x_iᵀ and h = (1/n) Σ y_i x_i (papers/README §1.6).
 Two fitters tune a baseline's scalar parameters on validation prompts: :func:`best_shared_step_size` (exact, for
 predictors polynomial in the step size) and :func:`minimise_scalar` (a grid refined by golden sections).
+
+The iterative solvers Fu et al. (2023) compare a transformer's layers with work on the moments of every prefix of a
+sequence of examples at once (:func:`prefix_moments`): least squares, k steps of GD, of iterative Newton and of
+conjugate gradients, each returning the weights ŵ after every requested number of steps; online GD runs along the
+sequence itself. Nothing loops over prompts or prefixes.
 """
 
 from __future__ import annotations
@@ -211,3 +216,117 @@ def minimise_scalar(
             d = a + ratio * (b - a)
             fd = loss(d)
     return (a + b) / 2
+
+
+# --- iterative solvers at every prefix (Fu et al. 2023) ------------------------------------------------------------
+
+
+def prefix_moments(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ŝ_t and h_t of the first t examples, for every position t = 0 … k − 1 of a sequence (position t predicts
+    example t from the t before it; at t = 0 both are 0): xs (..., k, d), ys (..., k) -> (..., k, d, d), (..., k, d)."""
+    outer = xs.unsqueeze(-1) * xs.unsqueeze(-2)  # (..., k, d, d)
+    weighted = ys.unsqueeze(-1) * xs  # (..., k, d)
+    counts = torch.arange(xs.shape[-2], dtype=xs.dtype, device=xs.device).clamp(min=1)
+    S = torch.cat([torch.zeros_like(outer[..., :1, :, :]), outer.cumsum(-3)[..., :-1, :, :]], -3)
+    h = torch.cat([torch.zeros_like(weighted[..., :1, :]), weighted.cumsum(-2)[..., :-1, :]], -2)
+    return S / counts[:, None, None], h / counts[:, None]
+
+
+def _steps(steps: Sequence[int]) -> list[int]:
+    """Validated step counts: non-negative integers, in increasing order."""
+    counts = [positive_int("steps", k, minimum=0) for k in steps]
+    if not counts or counts != sorted(set(counts)):
+        raise ValueError(f"steps must be a non-empty increasing sequence of step counts, got {list(steps)}")
+    return counts
+
+
+def least_squares_weights(second_moment: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The minimum-norm least-squares weights Ŝ⁺ h (pseudo-inverse by eigendecomposition; eigenvalues below
+    d · ε · λ_max count as 0): (..., d, d), (..., d) -> (..., d)."""
+    eigenvalues, vectors = torch.linalg.eigh(second_moment)
+    floor = second_moment.shape[-1] * torch.finfo(eigenvalues.dtype).eps * eigenvalues.abs().amax(-1, keepdim=True)
+    inverse = torch.where(eigenvalues > floor, 1 / eigenvalues.clamp(min=torch.finfo(eigenvalues.dtype).tiny), 0.0)
+    return (vectors @ (inverse * (vectors.mT @ h.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+
+
+def gd_weights(
+    second_moment: torch.Tensor, h: torch.Tensor, steps: Sequence[int], step_size: float | None = None
+) -> torch.Tensor:
+    """GD on R(w) from w₀ = 0, w ← w − η(Ŝw − h), after each number of ``steps``: -> (len(steps), ..., d).
+
+    ``step_size`` η is one number for every prompt, or None for η = 1/λ_max(Ŝ) per prompt (the largest step
+    whose error shrinks monotonically in every direction; 0 where Ŝ = 0)."""
+    counts = _steps(steps)
+    if step_size is None:
+        largest = torch.linalg.eigvalsh(second_moment)[..., -1]
+        eta = torch.where(largest > 0, 1 / largest.clamp(min=torch.finfo(largest.dtype).tiny), 0.0).unsqueeze(-1)
+    else:
+        eta = finite_float("step_size", step_size, minimum=0.0, strict=True)
+    w, out = torch.zeros_like(h), []
+    for k in range(counts[-1] + 1):
+        if k in counts:
+            out.append(w)
+        w = w - eta * ((second_moment @ w.unsqueeze(-1)).squeeze(-1) - h)
+    return torch.stack(out)
+
+
+def newton_weights(second_moment: torch.Tensor, h: torch.Tensor, steps: Sequence[int]) -> torch.Tensor:
+    """Iterative Newton (Schulz's iteration for Ŝ⁺, Fu et al. 2023): M₀ = αŜ with α = 1/‖ŜŜᵀ‖_F,
+    M_{k+1} = 2M_k − M_k Ŝ M_k, ŵ_k = M_k h, after each number of ``steps`` (0 is M₀): -> (len(steps), ..., d).
+
+    The error I − M_kŜ squares at every step, so ŵ_k = (I − (I − αŜ²)^{2^k}) Ŝ⁺ h; it converges because
+    αλ² ≤ 1 for every eigenvalue λ (‖Ŝ²‖_F ≥ λ_max²). The scale of Ŝ cancels: (1/n)-normalised moments give
+    the same ŵ_k as XᵀX and Xᵀy. Where Ŝ = 0 (no examples), M = 0."""
+    counts = _steps(steps)
+    norm = torch.linalg.matrix_norm(second_moment @ second_moment.mT)
+    alpha = torch.where(norm > 0, 1 / norm.clamp(min=torch.finfo(norm.dtype).tiny), 0.0)[..., None, None]
+    M, out = alpha * second_moment, []
+    for k in range(counts[-1] + 1):
+        if k in counts:
+            out.append((M @ h.unsqueeze(-1)).squeeze(-1))
+        M = 2 * M - M @ second_moment @ M
+    return torch.stack(out)
+
+
+def conjugate_gradient_weights(second_moment: torch.Tensor, h: torch.Tensor, steps: Sequence[int]) -> torch.Tensor:
+    """Conjugate gradients on Ŝw = h from w₀ = 0, after each number of ``steps``: -> (len(steps), ..., d). In exact
+    arithmetic it reaches the minimum-norm solution in at most rank(Ŝ) steps; a prompt whose residual has fallen to
+    rounding error (100 ε relative to h) stays where it is."""
+    counts = _steps(steps)
+    w = torch.zeros_like(h)
+    residual = h.clone()
+    direction = residual.clone()
+    out = []
+    dot = lambda a, b: (a * b).sum(-1, keepdim=True)  # noqa: E731
+    tiny = torch.finfo(h.dtype).tiny
+    converged = (100 * torch.finfo(h.dtype).eps) ** 2 * dot(h, h)  # a residual this small is rounding error
+    for k in range(counts[-1] + 1):
+        if k in counts:
+            out.append(w)
+        rr = dot(residual, residual)
+        product = (second_moment @ direction.unsqueeze(-1)).squeeze(-1)
+        curvature = dot(direction, product)
+        active = (curvature > 0) & (rr > converged)
+        step = torch.where(active, rr / curvature.clamp(min=tiny), 0.0)
+        w = w + step * direction
+        residual = residual - step * product
+        beta = torch.where(active, dot(residual, residual) / rr.clamp(min=tiny), 0.0)
+        direction = residual + beta * direction
+    return torch.stack(out)
+
+
+def online_gd_weights(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Online GD along the sequence with Fu et al.'s step η_i = 1/‖x_i‖² (each example fitted exactly in turn, the
+    Kaczmarz method), from w = 0: the weights before each example, xs (..., k, d), ys (..., k) -> (..., k, d)."""
+    w, out = torch.zeros_like(xs[..., 0, :]), []
+    for i in range(xs.shape[-2]):
+        out.append(w)
+        x = xs[..., i, :]
+        w = w - ((w * x).sum(-1) - ys[..., i]).unsqueeze(-1) * x / (x * x).sum(-1, keepdim=True)
+    return torch.stack(out, -2)
+
+
+def iterative_newton(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """ŷ after ``n_steps`` steps of iterative Newton on the context (:func:`newton_weights`). -> (...)."""
+    second_moment, h = _moments(X, y)
+    return (newton_weights(second_moment, h, [n_steps])[0] * x_query).sum(-1)

@@ -113,6 +113,14 @@ CHAPTERS: dict[str, Chapter] = {
             "a small GPT-2 beats the best linear layer in distribution; at this scale its jump past the training "
             "length is seed-dependent and random covariances do not help (both shown, not checked)",
         ),
+        Chapter(
+            "12_iterative_newton",
+            "The GPT's layers progress like iterative Newton",
+            "iterative_newton",
+            "Fu, Chen, Jia, Sharan Figs. 2, 3, 26",
+            "read out layer by layer, chapter 10's GPT matches a linearly growing number of Newton steps and an "
+            "exponentially growing number of GD steps; at this scale the level of similarity does not separate them",
+        ),
     )
 }
 

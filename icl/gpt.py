@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from icl import rng, tasks
-from icl.config import finite_float, one_of, positive_int, validate_device, validate_seed
+from icl.config import ExperimentConfig, finite_float, one_of, positive_int, validate_device, validate_seed
 from icl.models import SoftmaxTransformer, all_prefix_loss
 from icl.train import TrainConfig, TrainResult, fit_cached
 
@@ -113,6 +113,54 @@ SHARED_FIELDS: tuple[str, ...] = (
     "seed",
     "device",
 )
+
+
+@dataclass(frozen=True)
+class GPTExperimentConfig(ExperimentConfig):
+    """The fields of a chapter whose model is the shared GPT, with Garg et al.'s values as defaults (the ``paper``
+    preset), validated once here; a chapter's config subclasses it, adds its own fields and validates them. The
+    model's own checks (width divisible by n_heads, …) name the field as well."""
+
+    dim: int = 20
+    max_context: int = 100  # the learned positions cover prompts of max_context + 1 examples (part of the store key)
+    width: int = 256
+    n_layers: int = 12
+    n_heads: int = 8
+    n_seeds: int = 3
+    train_steps: int = 500_000
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    curriculum_start_dim: int = 5  # Garg et al.'s curriculum: x starts with this many non-zero coordinates …
+    curriculum_every: int = 2000  # … and gains one (and the prompt two examples) every this many steps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the shared training fields
+        put = self._set
+        names = ("dim", "max_context", "width", "n_layers", "n_heads", "curriculum_start_dim", "curriculum_every")
+        for name in names:
+            put(name, positive_int(name, getattr(self, name)))
+        if self.width % self.n_heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of n_heads ({self.n_heads})")
+
+
+@dataclass(frozen=True)
+class GargExperimentConfig(GPTExperimentConfig):
+    """A chapter on Garg et al.'s own prompts: 2d + 1 examples, x ~ N(0, I_d), so its model is the GPT trained on
+    covariance I with prompts of that length (chapters 10 and 12 share it)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set("max_context", positive_int("max_context", self.max_context, minimum=2 * self.dim))
+        self.gpt()
+
+    @property
+    def examples(self) -> int:
+        """Examples per prompt, in training and in the tests: 2d + 1 (Garg et al.)."""
+        return 2 * self.dim + 1
+
+    def gpt(self) -> GPTConfig:
+        """The shared GPT: trained on covariance I with prompts of 2d + 1 examples."""
+        return config_for(self, n_context=self.examples - 1, covariance="identity")
 
 
 def config_for(chapter_config: Any, *, n_context: int, covariance: str) -> GPTConfig:

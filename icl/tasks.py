@@ -93,6 +93,22 @@ def covariance_from_condition_number(dim: int, condition_number: float, *, gener
     return covariance_from_spectrum(spectrum, generator=generator)
 
 
+def two_level_covariances(count: int, dim: int, condition_number: float, *, generator: torch.Generator) -> torch.Tensor:
+    """``count`` covariances U diag(λ) Uᵀ, each with its own Haar-random rotation U: the first ⌈d/2⌉ eigenvalues at
+    a high level and the rest κ times lower, with trace d (Fu et al.'s ill-conditioned prompts, their κ(Σ) = 100,
+    with a fresh eigenbasis per prompt as their text says). -> (count, d, d) float64."""
+    count, dim = positive_int("count", count), positive_int("dim", dim)
+    condition_number = finite_float("condition_number", condition_number, minimum=1.0)
+    levels = torch.ones(dim, dtype=torch.float64)
+    levels[: (dim + 1) // 2] = condition_number
+    levels *= dim / levels.sum()
+    gaussian = torch.randn(count, dim, dim, generator=generator, device=generator.device, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    rotations = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    covariance = (rotations * levels.to(rotations.device)) @ rotations.mT
+    return (covariance + covariance.mT) / 2
+
+
 def sample_regression(
     n_prompts: int,
     n_context: int,

@@ -232,3 +232,112 @@ def test_gd_plus_plus_bad_input() -> None:
         baselines.gd_plus_plus(b.X, b.y, b.x_query, [0.1, float("nan")], [0.0, 0.0])
     with pytest.raises(ValueError, match=r"gammas\[0\]"):
         baselines.gd_plus_plus(b.X, b.y, b.x_query, [0.1], [float("inf")])
+
+
+# --- iterative solvers at every prefix (Fu et al. 2023) -------------------------------------------------------------
+
+
+def sequence(
+    k: int = 9, d: int = 4, B: int = 6, seed: int = 3, kappa: float = 4.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """xs (B, k, d), ys (B, k): noiseless examples of one w per sequence."""
+    b = batch(n=k, d=d, B=B, seed=seed)
+    return b.X, b.y
+
+
+def pseudo_inverse_solution(S: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return (torch.linalg.pinv(S, hermitian=True) @ h.unsqueeze(-1)).squeeze(-1)
+
+
+def test_prefix_moments_are_those_of_the_examples_before_each_position() -> None:
+    xs, ys = sequence()
+    S, h = baselines.prefix_moments(xs, ys)
+    assert S.shape == (6, 9, 4, 4) and h.shape == (6, 9, 4)
+    assert torch.equal(S[:, 0], torch.zeros(6, 4, 4, dtype=F64)) and torch.equal(h[:, 0], torch.zeros(6, 4, dtype=F64))
+    for t in range(1, 9):
+        torch.testing.assert_close(S[:, t], xs[:, :t].mT @ xs[:, :t] / t)
+        torch.testing.assert_close(h[:, t], torch.einsum("btd,bt->bd", xs[:, :t], ys[:, :t]) / t)
+
+
+def test_least_squares_weights_are_numpys_minimum_norm_lstsq_at_every_prefix() -> None:
+    import numpy as np
+
+    xs, ys = sequence(k=9, d=4)
+    S, h = baselines.prefix_moments(xs, ys)
+    w = baselines.least_squares_weights(S, h)  # (B, k, d): fewer examples than d at t < 4
+    for b in range(xs.shape[0]):
+        for t in range(1, 9):
+            expected = np.linalg.lstsq(xs[b, :t].numpy(), ys[b, :t].numpy(), rcond=None)[0]
+            np.testing.assert_allclose(w[b, t].numpy(), expected, rtol=0, atol=1e-9)
+    assert torch.equal(w[:, 0], torch.zeros(6, 4, dtype=F64))
+
+
+@pytest.mark.parametrize("step_size", [0.3, None])
+def test_gd_weights_follow_their_closed_form(step_size: float | None) -> None:
+    xs, ys = sequence()
+    S, h = baselines.prefix_moments(xs, ys)
+    steps = [0, 1, 2, 7, 30]
+    w = baselines.gd_weights(S, h, steps, step_size)
+    assert w.shape == (len(steps), 6, 9, 4)
+    eigenvalues, vectors = torch.linalg.eigh(S)
+    eta = 1 / eigenvalues[..., -1:].clamp(min=1e-300) if step_size is None else step_size
+    eta = torch.where(eigenvalues[..., -1:] > 0, eta, 0.0) if step_size is None else eta
+    projected = (vectors.mT @ pseudo_inverse_solution(S, h).unsqueeze(-1)).squeeze(-1)
+    for i, k in enumerate(steps):  # w_k = (I − (I − ηŜ)^k) Ŝ⁺ h, eigen-direction by eigen-direction
+        expected = (vectors @ ((1 - (1 - eta * eigenvalues) ** k) * projected).unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(w[i], expected, rtol=0, atol=1e-10)
+
+
+def test_newton_weights_follow_their_closed_form_and_the_corrected_first_step() -> None:
+    xs, ys = sequence()
+    S, h = baselines.prefix_moments(xs, ys)
+    steps = list(range(21))
+    w = baselines.newton_weights(S, h, steps)
+    alpha = 1 / torch.linalg.matrix_norm(S[:, 1:] @ S[:, 1:]).clamp(min=1e-300)[..., None, None]
+    eigenvalues, vectors = torch.linalg.eigh(S[:, 1:])
+    projected = (vectors.mT @ pseudo_inverse_solution(S[:, 1:], h[:, 1:]).unsqueeze(-1)).squeeze(-1)
+    for k in steps:  # ŵ_k = (I − (I − αŜ²)^{2^k}) Ŝ⁺ h
+        factor = 1 - (1 - alpha[..., 0] * eigenvalues**2) ** (2**k)
+        expected = (vectors @ (factor * projected).unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(w[k, :, 1:], expected, rtol=0, atol=1e-10)
+    assert torch.equal(w[:, :, 0], torch.zeros_like(w[:, :, 0]))  # no examples: M = 0
+    # M₁ = 2αŜ − α²Ŝ³ (the paper prints 4α²Ŝ³): one step from M₀ = αŜ.
+    first = 2 * alpha * S[:, 1:] - alpha**2 * S[:, 1:] @ S[:, 1:] @ S[:, 1:]
+    torch.testing.assert_close(w[1, :, 1:], (first @ h[:, 1:].unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-12)
+    # From t = 2d examples on (κ(Ŝ) in the tens) twenty steps reach least squares; at t = d, κ(Ŝ)² can exceed 2²⁰.
+    torch.testing.assert_close(w[-1, :, 8:], baselines.least_squares_weights(S, h)[:, 8:], rtol=0, atol=1e-9)
+
+
+def test_conjugate_gradients_reach_least_squares_within_rank_steps_and_first_step_is_a_line_search() -> None:
+    xs, ys = sequence(k=9, d=4)
+    S, h = baselines.prefix_moments(xs, ys)
+    w = baselines.conjugate_gradient_weights(S, h, [0, 1, 4, 6])
+    torch.testing.assert_close(w[2], baselines.least_squares_weights(S, h), rtol=0, atol=1e-9)
+    torch.testing.assert_close(w[3], w[2], rtol=0, atol=1e-9)  # finished prompts stay put
+    step = (h * h).sum(-1, keepdim=True) / (h * (S @ h.unsqueeze(-1)).squeeze(-1)).sum(-1, keepdim=True)
+    torch.testing.assert_close(w[1, :, 1:], step[:, 1:] * h[:, 1:])  # exact line search along −∇R(0) = h
+    assert torch.isfinite(w).all()
+
+
+def test_online_gd_fits_each_example_in_turn() -> None:
+    xs, ys = sequence(k=9, d=4)
+    w = baselines.online_gd_weights(xs, ys)  # (B, k, d): the weights before each example
+    assert torch.equal(w[:, 0], torch.zeros(6, 4, dtype=F64))
+    fitted = (w[:, 1:] * xs[:, :-1]).sum(-1)  # after example i, x_iᵀw = y_i exactly (η_i = 1/‖x_i‖²)
+    torch.testing.assert_close(fitted, ys[:, :-1], rtol=0, atol=1e-10)
+
+
+def test_iterative_newton_on_a_prompt_is_the_prefix_solver_at_the_full_context() -> None:
+    b = batch(n=12, d=4)
+    S, h = moments(b)
+    expected = (baselines.newton_weights(S, h, [3])[0] * b.x_query).sum(-1)
+    torch.testing.assert_close(baselines.iterative_newton(b.X, b.y, b.x_query, 3), expected)
+    torch.testing.assert_close(baselines.iterative_newton(b.X, b.y, b.x_query, 25), pinv_prediction(b))
+
+
+@pytest.mark.parametrize("steps", [[], [2, 1], [-1], [1.5]])
+def test_bad_step_counts_are_named(steps: list) -> None:
+    xs, ys = sequence()
+    S, h = baselines.prefix_moments(xs, ys)
+    with pytest.raises(ValueError, match="steps"):
+        baselines.newton_weights(S, h, steps)

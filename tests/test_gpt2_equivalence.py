@@ -71,20 +71,27 @@ def load_members(model: SoftmaxTransformer, members: list[tuple]) -> None:
             model.read_out_bias[e] = read_out.bias
 
 
-@pytest.mark.parametrize(("width", "n_layers", "n_heads"), [(64, 4, 4), (32, 3, 2)])
-def test_same_predictions_as_hugging_face_gpt2(width: int, n_layers: int, n_heads: int) -> None:
-    dim, k = 5, 11
-    members = [garg_model(dim, width, n_layers, n_heads, 2 * k, seed) for seed in (0, 1)]
+def book_model(members: list[tuple], dim: int, k: int) -> SoftmaxTransformer:
+    """One SoftmaxTransformer holding every Hugging Face member, of their shape, for prompts of k examples."""
+    config = members[0][0].config
     model = SoftmaxTransformer(
         dim,
-        width=width,
-        n_layers=n_layers,
-        n_heads=n_heads,
+        width=config.n_embd,
+        n_layers=config.n_layer,
+        n_heads=config.n_head,
         max_examples=k,
         n_models=len(members),
         generator=torch.Generator().manual_seed(0),
     )
     load_members(model, members)
+    return model
+
+
+@pytest.mark.parametrize(("width", "n_layers", "n_heads"), [(64, 4, 4), (32, 3, 2)])
+def test_same_predictions_as_hugging_face_gpt2(width: int, n_layers: int, n_heads: int) -> None:
+    dim, k = 5, 11
+    members = [garg_model(dim, width, n_layers, n_heads, 2 * k, seed) for seed in (0, 1)]
+    model = book_model(members, dim, k)
     g = torch.Generator().manual_seed(2)
     xs, ys = torch.randn(16, k, dim, generator=g), torch.randn(16, k, generator=g)
     with torch.no_grad():
@@ -94,3 +101,23 @@ def test_same_predictions_as_hugging_face_gpt2(width: int, n_layers: int, n_head
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     # the members differ, so a member reading another's weights would fail
     assert (expected[0] - expected[1]).abs().max() > 0.1
+
+
+def test_hidden_states_are_hugging_faces_at_the_x_tokens() -> None:
+    """The layer probes read :meth:`SoftmaxTransformer.hidden_states`: Hugging Face's ``hidden_states[1:]`` (the
+    residual stream after each block, the last after the final LayerNorm) at the x tokens."""
+    dim, k, width, n_layers, n_heads = 5, 11, 32, 3, 2
+    members = [garg_model(dim, width, n_layers, n_heads, 2 * k, seed) for seed in (3, 4)]
+    model = book_model(members, dim, k)
+    g = torch.Generator().manual_seed(5)
+    xs, ys = torch.randn(8, k, dim, generator=g), torch.randn(8, k, generator=g)
+    with torch.no_grad():
+        got = model.hidden_states(xs, ys)  # (L, E, B, k, D)
+        for e, (backbone, read_in, _) in enumerate(members):
+            labels = torch.zeros_like(xs)
+            labels[..., 0] = ys
+            tokens = torch.stack([xs, labels], dim=2).flatten(1, 2)
+            hidden = backbone(inputs_embeds=read_in(tokens), output_hidden_states=True).hidden_states
+            expected = torch.stack(hidden[1:])[:, :, 0::2]  # (L, B, k, D)
+            torch.testing.assert_close(got[:, e], expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert got.shape == (n_layers, 2, 8, k, width)

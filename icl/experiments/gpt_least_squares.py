@@ -31,49 +31,25 @@ import torch
 
 from icl import baselines, gpt, rng, tasks, theory
 from icl.checks import ClaimChecks
-from icl.config import ExperimentConfig, finite_float, positive_float_tuple, positive_int
+from icl.config import finite_float, positive_float_tuple
 from icl.evaluate import mean_and_se
 
 NAME = "gpt_least_squares"
 
 
 @dataclass(frozen=True)
-class GPTLeastSquaresConfig(ExperimentConfig):
+class GPTLeastSquaresConfig(gpt.GargExperimentConfig):
     """The experiment's parameters; every field is validated on construction. Defaults are Garg et al.'s."""
 
-    dim: int = 20
-    max_context: int = 100  # the learned positions cover prompts of max_context + 1 examples (shared with ch. 11)
-    width: int = 256
-    n_layers: int = 12
-    n_heads: int = 8
-    n_seeds: int = 3
-    train_steps: int = 500_000
-    batch_size: int = 64
-    learning_rate: float = 1e-4
-    curriculum_start_dim: int = 5
-    curriculum_every: int = 2000
     n_test: int = 1280
     noise_std: float = 1.0
     x_scales: tuple[float, ...] = (1 / 3, 1 / 2, 2.0, 3.0)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # the GPT's fields, max_context >= 2d
         put = self._set
-        for name in ("dim", "width", "n_layers", "n_heads", "curriculum_start_dim", "curriculum_every"):
-            put(name, positive_int(name, getattr(self, name)))
-        put("max_context", positive_int("max_context", self.max_context, minimum=2 * self.dim))
         put("noise_std", finite_float("noise_std", self.noise_std, minimum=0.0))
         put("x_scales", positive_float_tuple("x_scales", self.x_scales))
-        self.gpt()  # the model's own checks (width divisible by n_heads, …) name the field too
-
-    @property
-    def examples(self) -> int:
-        """Examples per prompt, in training and in the tests: 2d + 1 (Garg et al.)."""
-        return 2 * self.dim + 1
-
-    def gpt(self) -> gpt.GPTConfig:
-        """The shared GPT this chapter trains or loads (chapter 11 asks for the same one)."""
-        return gpt.config_for(self, n_context=self.examples - 1, covariance="identity")
 
 
 CONFIG = GPTLeastSquaresConfig

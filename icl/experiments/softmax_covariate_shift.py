@@ -27,11 +27,7 @@ import torch
 
 from icl import baselines, gpt, rng, tasks, theory
 from icl.checks import ClaimChecks
-from icl.config import (
-    ExperimentConfig,
-    positive_float_tuple,
-    positive_int,
-)
+from icl.config import positive_float_tuple, positive_int
 from icl.evaluate import mean_and_se
 
 NAME = "softmax_covariate_shift"
@@ -39,35 +35,19 @@ REGIMES: dict[str, str] = {"fixed": "identity", "random": "random_diagonal"}  # 
 
 
 @dataclass(frozen=True)
-class SoftmaxShiftConfig(ExperimentConfig):
+class SoftmaxShiftConfig(gpt.GPTExperimentConfig):
     """The experiment's parameters; every field is validated on construction."""
 
-    dim: int = 20
     n_context: int = 40
-    max_context: int = 100
-    width: int = 256
-    n_layers: int = 12
-    n_heads: int = 8
     scales: tuple[float, ...] = (1.0, 4.0, 9.0)
-    n_seeds: int = 3
-    train_steps: int = 500_000
-    batch_size: int = 64
-    learning_rate: float = 1e-4
-    curriculum_start_dim: int = 5  # Garg et al.'s curriculum: x starts with this many non-zero coordinates …
-    curriculum_every: int = 2000  # … and gains one (and the prompt two examples) every this many steps
     n_test: int = 4096
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # the shared training fields
+        super().__post_init__()  # the GPT's fields
         put = self._set
-        names = ("dim", "n_context", "width", "n_layers", "n_heads")
-        for name in (*names, "curriculum_start_dim", "curriculum_every"):
-            put(name, positive_int(name, getattr(self, name)))
-        put("max_context", positive_int("max_context", self.max_context))
+        put("n_context", positive_int("n_context", self.n_context))
         if self.max_context < self.n_context:
             raise ValueError(f"max_context must be at least n_context = {self.n_context}, got {self.max_context}")
-        if self.width % self.n_heads:
-            raise ValueError(f"width ({self.width}) must be a multiple of n_heads ({self.n_heads})")
         put("scales", positive_float_tuple("scales", self.scales))
         self.gpt("fixed")  # the model's own checks name their field too
 

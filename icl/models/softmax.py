@@ -97,6 +97,16 @@ class SoftmaxTransformer(nn.Module):
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Predictions of y_i at every x_i token: xs (E, B, k, d) or (B, k, d) shared by the members, ys likewise
         without d -> (E, B, k). ys[..., i] reaches only the predictions after position i (the causal mask)."""
+        return _linear(self._residual_stream(xs, ys)[-1], self.read_out, self.read_out_bias).squeeze(-1)
+
+    def hidden_states(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """The residual stream at every x_i token after each block, as Hugging Face's ``hidden_states[1:]``: the
+        last one after the final LayerNorm, where the read-out acts. xs, ys as in :meth:`forward` -> (L, E, B, k, D)."""
+        return torch.stack(self._residual_stream(xs, ys, every_layer=True))
+
+    def _residual_stream(self, xs: torch.Tensor, ys: torch.Tensor, *, every_layer: bool = False) -> list[torch.Tensor]:
+        """The x tokens' residual stream after the final LayerNorm, preceded with ``every_layer`` by its state after
+        each earlier block: a list of (E, B, k, D)."""
         if xs.shape[-1] != self.dim or xs.shape[:-1] != ys.shape or xs.ndim not in (3, 4):
             raise ValueError(
                 f"xs must be (E, B, k, d={self.dim}) or (B, k, d) and ys the same without d, got "
@@ -113,6 +123,7 @@ class SoftmaxTransformer(nn.Module):
             raise ValueError(f"xs has {tokens.shape[0]} members on its first axis, the model {E}")
         B, T = tokens.shape[1], tokens.shape[2]
         h = _linear(tokens, self.read_in, self.read_in_bias) + self.positions[:, None, :T]  # (E, B, T, D)
+        states = []
         for layer in range(self.n_layers):
             a = _layer_norm(h, self.ln1_gain[:, layer], self.ln1_bias[:, layer])
             q, k_, v = _linear(a, self.qkv[:, layer], self.qkv_bias[:, layer]).split(D, dim=-1)
@@ -125,8 +136,9 @@ class SoftmaxTransformer(nn.Module):
             m = _layer_norm(h, self.ln2_gain[:, layer], self.ln2_bias[:, layer])
             m = F.gelu(_linear(m, self.mlp_in[:, layer], self.mlp_in_bias[:, layer]), approximate="tanh")
             h = h + _linear(m, self.mlp_out[:, layer], self.mlp_out_bias[:, layer])
-        h = _layer_norm(h, self.ln_final_gain, self.ln_final_bias)
-        return _linear(h, self.read_out, self.read_out_bias).squeeze(-1)
+            if every_layer and layer < self.n_layers - 1:
+                states.append(h[:, :, 0::2])
+        return [*states, _layer_norm(h, self.ln_final_gain, self.ln_final_bias)]
 
     def predict(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         """ŷ at the query after the context: X (E, B, n, d) or (B, n, d), y likewise, x_query (..., B, d) -> (E, B).
