@@ -6,7 +6,9 @@ weights, so a book build trains it once. Training prints a progress bar, checkpo
 (:func:`icl.train.fit_cached`).
 
 Prompts (Garg et al.): x ~ N(0, I_d) (``covariance="identity"``) or, for Zhang, Frei and Bartlett's (2023) Fig. 1,
-a covariance diag(λ), λ ~ Exp(1), drawn per prompt (``"random_diagonal"``); w ~ N(0, I_d); y = ⟨w, x⟩, no noise;
+a covariance diag(λ), λ ~ Exp(1), drawn per prompt (``"random_diagonal"``), or for Fu et al.'s (2024) Fig. 4 a
+two-level covariance of condition number κ in a random eigenbasis per prompt (``"two_level"``); w ~ N(0, I_d);
+y = ⟨w, x⟩, no noise;
 ``train_examples`` examples per prompt (Garg et al.: 2d + 1), the loss averaged over every x position
 (:func:`icl.models.all_prefix_loss`). Garg et al.'s curriculum: with ``curriculum_start_dim`` set, the first
 ``curriculum_every`` steps see x with only that many non-zero coordinates and prompts of 2 · that + 1 examples, and
@@ -25,7 +27,7 @@ from icl.config import ExperimentConfig, finite_float, one_of, positive_int, val
 from icl.models import SoftmaxTransformer, all_prefix_loss
 from icl.train import TrainConfig, TrainResult, fit_cached
 
-COVARIANCES: tuple[str, ...] = ("identity", "random_diagonal")
+COVARIANCES: tuple[str, ...] = ("identity", "random_diagonal", "two_level")
 
 # The `quick` model every softmax chapter shares (their presets start from these, so the store serves one training to
 # all of them), and why each value differs from Garg et al.'s.
@@ -67,6 +69,7 @@ class GPTConfig:
     n_layers: int = 12
     n_heads: int = 8
     covariance: str = "identity"
+    condition_number: float = 100.0  # κ of the "two_level" covariances (Fu et al.'s ill-conditioned prompts)
     n_seeds: int = 3
     train_steps: int = 500_000
     batch_size: int = 64
@@ -87,6 +90,7 @@ class GPTConfig:
         if self.width % self.n_heads:
             raise ValueError(f"width ({self.width}) must be a multiple of n_heads ({self.n_heads})")
         one_of("covariance", self.covariance, COVARIANCES)
+        put("condition_number", finite_float("condition_number", self.condition_number, minimum=1.0))
         put("learning_rate", finite_float("learning_rate", self.learning_rate, minimum=0.0, strict=True))
         if self.curriculum_start_dim is not None:
             put("curriculum_start_dim", positive_int("curriculum_start_dim", self.curriculum_start_dim))
@@ -163,13 +167,14 @@ class GargExperimentConfig(GPTExperimentConfig):
         return config_for(self, n_context=self.examples - 1, covariance="identity")
 
 
-def config_for(chapter_config: Any, *, n_context: int, covariance: str) -> GPTConfig:
+def config_for(chapter_config: Any, *, n_context: int, covariance: str, condition_number: float = 100.0) -> GPTConfig:
     """The GPT a chapter's config asks for: its :data:`SHARED_FIELDS`, positions for prompts of
     ``max_context + 1`` examples, training prompts of ``n_context + 1`` and the given training covariance."""
     return GPTConfig(
         train_examples=n_context + 1,
         max_examples=chapter_config.max_context + 1,
         covariance=covariance,
+        condition_number=condition_number,
         curriculum_start_dim=min(chapter_config.curriculum_start_dim, chapter_config.dim),
         **{name: getattr(chapter_config, name) for name in SHARED_FIELDS},
     )
@@ -189,7 +194,7 @@ def model(config: GPTConfig) -> SoftmaxTransformer:
 
 
 def _part(config: GPTConfig) -> int:
-    return COVARIANCES.index(config.covariance)  # the two training distributions draw independent streams
+    return COVARIANCES.index(config.covariance)  # the training distributions draw independent streams
 
 
 def sample_training(config: GPTConfig, generator: torch.Generator) -> tasks.RegressionBatch:
@@ -198,8 +203,22 @@ def sample_training(config: GPTConfig, generator: torch.Generator) -> tasks.Regr
     if config.covariance == "identity":
         identity = torch.eye(d, device=generator.device).expand(E, d, d)
         return tasks.sample_regression(B, N, identity, generator=generator)
+    if config.covariance == "two_level":
+        return tasks.sample_two_level_regression(B, N, d, config.condition_number, generator=generator, lead=(E,))
     batch, _ = tasks.sample_random_diagonal_regression(B, N, d, generator=generator, lead=(E,))
     return batch
+
+
+def train_config(config: GPTConfig) -> TrainConfig:
+    """Garg et al.'s schedule at ``config``'s budget: Adam with a cosine decay, the curriculum growing x by one
+    coordinate and the prompt by two examples every ``curriculum_every`` steps."""
+    return TrainConfig(
+        steps=config.train_steps,
+        learning_rate=config.learning_rate,
+        curriculum_start_dim=config.curriculum_start_dim,
+        curriculum_every=config.curriculum_every,
+        curriculum_examples_per_dim=2,
+    )
 
 
 def trained(config: GPTConfig, *, progress: bool = True) -> tuple[SoftmaxTransformer, TrainResult]:
@@ -212,13 +231,7 @@ def trained(config: GPTConfig, *, progress: bool = True) -> tuple[SoftmaxTransfo
         config.covariance,
         gpt,
         lambda g: sample_training(config, g),
-        TrainConfig(
-            steps=config.train_steps,
-            learning_rate=config.learning_rate,
-            curriculum_start_dim=config.curriculum_start_dim,
-            curriculum_every=config.curriculum_every,
-            curriculum_examples_per_dim=2,
-        ),
+        train_config(config),
         generator=rng.streams(config.seed, config.device, part=_part(config)).train,
         progress=progress,
         description=f"GPT ({config.covariance}), {config.n_seeds} seeds",

@@ -14,6 +14,7 @@ Every sampler takes a keyword-only ``generator`` and draws on its device.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -93,20 +94,54 @@ def covariance_from_condition_number(dim: int, condition_number: float, *, gener
     return covariance_from_spectrum(spectrum, generator=generator)
 
 
-def two_level_covariances(count: int, dim: int, condition_number: float, *, generator: torch.Generator) -> torch.Tensor:
-    """``count`` covariances U diag(λ) Uᵀ, each with its own Haar-random rotation U: the first ⌈d/2⌉ eigenvalues at
-    a high level and the rest κ times lower, with trace d (Fu et al.'s ill-conditioned prompts, their κ(Σ) = 100,
-    with a fresh eigenbasis per prompt as their text says). -> (count, d, d) float64."""
+def _two_level_factors(
+    count: int, dim: int, condition_number: float, *, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Haar-random rotations U (count, d, d) float64 and the two-level eigenvalues λ (d,) of
+    :func:`two_level_covariances`."""
     count, dim = positive_int("count", count), positive_int("dim", dim)
     condition_number = finite_float("condition_number", condition_number, minimum=1.0)
-    levels = torch.ones(dim, dtype=torch.float64)
+    levels = torch.ones(dim, dtype=torch.float64, device=generator.device)
     levels[: (dim + 1) // 2] = condition_number
     levels *= dim / levels.sum()
     gaussian = torch.randn(count, dim, dim, generator=generator, device=generator.device, dtype=torch.float64)
     q, r = torch.linalg.qr(gaussian)
-    rotations = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
-    covariance = (rotations * levels.to(rotations.device)) @ rotations.mT
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2), levels
+
+
+def two_level_covariances(count: int, dim: int, condition_number: float, *, generator: torch.Generator) -> torch.Tensor:
+    """``count`` covariances U diag(λ) Uᵀ, each with its own Haar-random rotation U: the first ⌈d/2⌉ eigenvalues at
+    a high level and the rest κ times lower, with trace d (Fu et al.'s ill-conditioned prompts, their κ(Σ) = 100,
+    with a fresh eigenbasis per prompt as their text says). -> (count, d, d) float64."""
+    rotations, levels = _two_level_factors(count, dim, condition_number, generator=generator)
+    covariance = (rotations * levels) @ rotations.mT
     return (covariance + covariance.mT) / 2
+
+
+def sample_two_level_regression(
+    n_prompts: int,
+    n_context: int,
+    dim: int,
+    condition_number: float,
+    *,
+    generator: torch.Generator,
+    lead: tuple[int, ...] = (),
+    dtype: torch.dtype = torch.float32,
+) -> RegressionBatch:
+    """Prompts that each have their own covariance from :func:`two_level_covariances`: x = U diag(√λ) Uᵀ ε, w ~ N(0,
+    I_d), y = ⟨w, x⟩. Shapes of :func:`sample_regression` with the leading axes ``lead``."""
+    n_prompts, n_context = positive_int("n_prompts", n_prompts), positive_int("n_context", n_context)
+    lead = tuple(positive_int(f"lead[{i}]", size) for i, size in enumerate(lead))
+    count = n_prompts * math.prod(lead)
+    rotations, levels = _two_level_factors(count, dim, condition_number, generator=generator)
+    root = ((rotations * levels.sqrt()) @ rotations.mT).to(dtype).reshape(*lead, n_prompts, dim, dim)
+    raw = torch.randn(*lead, n_prompts, n_context + 1, dim, generator=generator, device=generator.device, dtype=dtype)
+    x = raw @ root  # root is symmetric: each row is (root ε)ᵀ
+    w = torch.randn(*lead, n_prompts, dim, generator=generator, device=generator.device, dtype=dtype)
+    y = (x @ w.unsqueeze(-1)).squeeze(-1)
+    return RegressionBatch(
+        X=x[..., :n_context, :], y=y[..., :n_context], x_query=x[..., n_context, :], y_query=y[..., n_context], w=w
+    )
 
 
 def sample_regression(

@@ -3,6 +3,9 @@ reproducible, the shared GPT), claim checks that pass on the algorithms and fail
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -94,9 +97,20 @@ def test_tiny_run_shapes_reproducibility_and_summary() -> None:
     for name, a in first._asdict().items():
         if isinstance(a, torch.Tensor):
             torch.testing.assert_close(a, getattr(second, name), rtol=0, atol=0, msg=name)
+    M, F = 1, 3  # one LSTM at quick; gaps 1, 3, 5 below n = 2d = 6
+    assert first.ill_gpt_error.shape == (S, K) and first.ill_newton_similarity.shape == (S, N)
+    assert first.ill_gd_similarity.shape == (S, G) and first.ill_least_squares_error.shape == (K,)
+    assert first.lstm_error.shape == (M, K) and first.similarity_table.shape == (2, 3)
+    assert first.forget_gaps.tolist() == [1, 3, 5] and first.forget_gpt.shape == first.forget_gpt_se.shape == (S, F)
+    assert first.forget_lstm.shape == (M, F) and first.forget_lstm_z.shape == (M,) and first.forget_gpt_z.shape == (S,)
+    assert first.forget_online_gd.shape == first.forget_newton.shape == (F,)
     summary = experiment.summary(first, config)
     assert (summary["d"], summary["layers"], summary["seeds"]) == (3, 2, 2)
     assert summary["newton_iso"] == first.newton_to_tolerance[0].item()
+    assert summary["forget_lstm_last"] == first.forget_lstm[:, -1].mean().item()
+    chapter = (Path(__file__).resolve().parents[1] / "book" / "12_iterative_newton.md").read_text()
+    quoted = set(re.findall(r"\{glue:text\}`iterative_newton_(\w+)", chapter))
+    assert quoted and quoted <= set(summary), sorted(quoted - set(summary))
 
 
 def test_the_algorithm_checks_pass_and_an_untrained_model_fails() -> None:

@@ -89,15 +89,13 @@ class SoftmaxTransformer(nn.Module):
         self.read_out, self.read_out_bias = uniform(D, D, 1), uniform(D, 1)
 
     def tokens(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Interleave examples into tokens x_1, ỹ_1, …, x_k, ỹ_k: xs (..., k, d), ys (..., k) -> (..., 2k, d)."""
-        labels = torch.zeros_like(xs)
-        labels[..., 0] = ys
-        return torch.stack([xs, labels], dim=-2).flatten(-3, -2)
+        """Interleave examples into tokens x_1, ỹ_1, …, x_k, ỹ_k (:func:`interleave`)."""
+        return interleave(xs, ys)
 
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Predictions of y_i at every x_i token: xs (E, B, k, d) or (B, k, d) shared by the members, ys likewise
         without d -> (E, B, k). ys[..., i] reaches only the predictions after position i (the causal mask)."""
-        return _linear(self._residual_stream(xs, ys)[-1], self.read_out, self.read_out_bias).squeeze(-1)
+        return ensemble_linear(self._residual_stream(xs, ys)[-1], self.read_out, self.read_out_bias).squeeze(-1)
 
     def hidden_states(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """The residual stream at every x_i token after each block, as Hugging Face's ``hidden_states[1:]``: the
@@ -107,11 +105,7 @@ class SoftmaxTransformer(nn.Module):
     def _residual_stream(self, xs: torch.Tensor, ys: torch.Tensor, *, every_layer: bool = False) -> list[torch.Tensor]:
         """The x tokens' residual stream after the final LayerNorm, preceded with ``every_layer`` by its state after
         each earlier block: a list of (E, B, k, D)."""
-        if xs.shape[-1] != self.dim or xs.shape[:-1] != ys.shape or xs.ndim not in (3, 4):
-            raise ValueError(
-                f"xs must be (E, B, k, d={self.dim}) or (B, k, d) and ys the same without d, got "
-                f"{tuple(xs.shape)} and {tuple(ys.shape)}"
-            )
+        check_sequences(xs, ys, self.dim)
         k = xs.shape[-2]
         if k > self.max_examples:
             raise ValueError(f"a prompt of {k} examples needs max_examples >= {k}; this model has {self.max_examples}")
@@ -122,20 +116,20 @@ class SoftmaxTransformer(nn.Module):
         elif tokens.shape[0] != E:
             raise ValueError(f"xs has {tokens.shape[0]} members on its first axis, the model {E}")
         B, T = tokens.shape[1], tokens.shape[2]
-        h = _linear(tokens, self.read_in, self.read_in_bias) + self.positions[:, None, :T]  # (E, B, T, D)
+        h = ensemble_linear(tokens, self.read_in, self.read_in_bias) + self.positions[:, None, :T]  # (E, B, T, D)
         states = []
         for layer in range(self.n_layers):
             a = _layer_norm(h, self.ln1_gain[:, layer], self.ln1_bias[:, layer])
-            q, k_, v = _linear(a, self.qkv[:, layer], self.qkv_bias[:, layer]).split(D, dim=-1)
+            q, k_, v = ensemble_linear(a, self.qkv[:, layer], self.qkv_bias[:, layer]).split(D, dim=-1)
             heads = lambda t: t.reshape(E * B, T, H, D // H).transpose(1, 2)  # noqa: E731  (E·B, H, T, D/H)
             attended = F.scaled_dot_product_attention(heads(q), heads(k_), heads(v), is_causal=True)
             attended = attended.transpose(1, 2).reshape(E, B, T, D)
-            h = h + _linear(attended, self.attn_out[:, layer], self.attn_out_bias[:, layer])
+            h = h + ensemble_linear(attended, self.attn_out[:, layer], self.attn_out_bias[:, layer])
             if layer == self.n_layers - 1:  # from here on no token reads another: only the x tokens are read out
                 h = h[:, :, 0::2]
             m = _layer_norm(h, self.ln2_gain[:, layer], self.ln2_bias[:, layer])
-            m = F.gelu(_linear(m, self.mlp_in[:, layer], self.mlp_in_bias[:, layer]), approximate="tanh")
-            h = h + _linear(m, self.mlp_out[:, layer], self.mlp_out_bias[:, layer])
+            m = F.gelu(ensemble_linear(m, self.mlp_in[:, layer], self.mlp_in_bias[:, layer]), approximate="tanh")
+            h = h + ensemble_linear(m, self.mlp_out[:, layer], self.mlp_out_bias[:, layer])
             if every_layer and layer < self.n_layers - 1:
                 states.append(h[:, :, 0::2])
         return [*states, _layer_norm(h, self.ln_final_gain, self.ln_final_bias)]
@@ -148,7 +142,24 @@ class SoftmaxTransformer(nn.Module):
         return self(xs, ys)[..., -1]
 
 
-def all_prefix_loss(model: SoftmaxTransformer, batch: RegressionBatch) -> torch.Tensor:
+def check_sequences(xs: torch.Tensor, ys: torch.Tensor, dim: int) -> None:
+    """Raise unless xs is (E, B, k, d) or (B, k, d) with d = ``dim`` and ys has xs's shape without d."""
+    if xs.shape[-1] != dim or xs.shape[:-1] != ys.shape or xs.ndim not in (3, 4):
+        raise ValueError(
+            f"xs must be (E, B, k, d={dim}) or (B, k, d) and ys the same without d, got "
+            f"{tuple(xs.shape)} and {tuple(ys.shape)}"
+        )
+
+
+def interleave(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Garg et al.'s tokens x_1, ỹ_1, …, x_k, ỹ_k with ỹ_i = (y_i, 0, …, 0):
+    xs (..., k, d), ys (..., k) -> (..., 2k, d)."""
+    labels = torch.zeros_like(xs)
+    labels[..., 0] = ys
+    return torch.stack([xs, labels], dim=-2).flatten(-3, -2)
+
+
+def all_prefix_loss(model: nn.Module, batch: RegressionBatch) -> torch.Tensor:
     """Garg et al.'s training objective: the squared error averaged over every x position of the prompt (context
     and query, k = n + 1 positions, the first with no example before it) and over the prompts. -> (E,)."""
     xs = torch.cat([batch.X, batch.x_query.unsqueeze(-2)], dim=-2)
@@ -157,7 +168,7 @@ def all_prefix_loss(model: SoftmaxTransformer, batch: RegressionBatch) -> torch.
     return ((predictions - ys) ** 2).mean((-2, -1))
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def ensemble_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """x (E, ..., i) @ weight (E, i, o) + bias (E, o), one batched product over the members."""
     shape = x.shape
     out = torch.baddbmm(bias.unsqueeze(1), x.reshape(shape[0], -1, shape[-1]), weight)

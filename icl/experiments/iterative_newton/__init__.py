@@ -25,11 +25,27 @@ from typing import Any, NamedTuple
 
 import torch
 
-from icl import baselines, gpt, probes, rng, similarity, tasks
+from icl import gpt, probes, rng, similarity, tasks
 from icl.checks import ClaimChecks
-from icl.config import finite_float, positive_int
+from icl.config import finite_float, int_tuple, positive_int
+from icl.experiments.iterative_newton import algorithms, ill_conditioned, recurrent
+from icl.experiments.iterative_newton.algorithms import MAX_DOUBLINGS, NEWTON_BUDGET
 
 NAME = "iterative_newton"
+__all__ = [
+    "CONFIG",
+    "MAX_DOUBLINGS",
+    "NAME",
+    "NEWTON_BUDGET",
+    "QUICK",
+    "WHY_QUICK",
+    "IterativeNewtonConfig",
+    "IterativeNewtonResult",
+    "claim_checks",
+    "key_arrays",
+    "run",
+    "summary",
+]
 
 
 @dataclass(frozen=True)
@@ -45,28 +61,62 @@ class IterativeNewtonConfig(gpt.GargExperimentConfig):
     condition_number: float = 100.0
     tolerance: float = 1e-3
     n_algorithm_test: int = 200
+    lstm_width: int = 256  # Fu et al.'s LSTM: 10 layers, 5.3M parameters
+    lstm_layers: int = 10
+    lstm_seeds: int = 3
+    forget_context: int | None = 20  # Fu et al.'s forgetting test: n examples, the query a copy of x_{n−g} …
+    forget_gaps: tuple[int, ...] | None = (3, 7, 11, 15, 19)  # … for these g; None: min(20, 2d) and 1, 3, 5, …
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the GPT's fields, max_context >= 2d
         put = self._set
-        for name in ("n_probe", "newton_steps", "gd_log2_steps", "n_algorithm_test"):
+        for name in ("n_probe", "newton_steps", "gd_log2_steps", "n_algorithm_test", "lstm_width", "lstm_layers"):
             put(name, positive_int(name, getattr(self, name)))
         put("condition_number", finite_float("condition_number", self.condition_number, minimum=1.0))
         put("tolerance", finite_float("tolerance", self.tolerance, minimum=0.0, strict=True))
         if self.tolerance >= 1:
             raise ValueError(f"tolerance must be below 1 (a share of the starting deviation), got {self.tolerance}")
+        put("lstm_seeds", positive_int("lstm_seeds", self.lstm_seeds))
+        context = min(20, 2 * self.dim) if self.forget_context is None else self.forget_context
+        put("forget_context", positive_int("forget_context", context, minimum=2))
+        if self.forget_context > 2 * self.dim:
+            raise ValueError(f"forget_context must be at most 2d = {2 * self.dim} (the trained prompts' length)")
+        gaps = tuple(range(1, self.forget_context, 2)) if self.forget_gaps is None else self.forget_gaps
+        gaps = int_tuple("forget_gaps", gaps)
+        if max(gaps) >= self.forget_context:
+            raise ValueError(f"forget_gaps must be below forget_context = {self.forget_context}, got {gaps}")
+        put("forget_gaps", gaps)
+
+    def ill_conditioned_gpt(self) -> gpt.GPTConfig:
+        """The GPT trained on the two-level covariances of condition number κ (this chapter's own)."""
+        return gpt.config_for(
+            self, n_context=self.examples - 1, covariance="two_level", condition_number=self.condition_number
+        )
 
 
 CONFIG = IterativeNewtonConfig
-QUICK: dict[str, Any] = dict(**gpt.QUICK, n_test=2000, n_probe=8000, newton_steps=20)
+QUICK: dict[str, Any] = dict(
+    **gpt.QUICK,
+    n_test=2000,
+    n_probe=8000,
+    newton_steps=20,
+    lstm_width=64,
+    lstm_layers=4,
+    lstm_seeds=1,
+    forget_context=None,
+    forget_gaps=None,
+)
 WHY_QUICK: dict[str, str] = dict(
     **gpt.WHY_QUICK,
     n_test="2000 test prompts instead of 320: a 4-layer model's SimE differences are small",
     n_probe="probes fitted on 8000 training prompts (88,000 positions for 65 coefficients each)",
     newton_steps="Newton steps up to 20: at d = 5 the iterates agree with least squares to 10⁻⁹ from 2d examples on",
+    lstm_width="an LSTM of width 64 and 4 layers (0.13M parameters, 2/3 of the GPT's) instead of 256 and 10 (5.3M)",
+    lstm_layers="4 layers instead of 10",
+    lstm_seeds="one LSTM: PyTorch's LSTM runs its members one after the other, about 3 minutes each on 2 cores",
+    forget_context="n = 2d examples before the copied query (10 at d = 5) instead of 20: the trained prompts' length",
+    forget_gaps="every other gap g = 1, 3, … below n (1, 3, 5, 7, 9 at d = 5) instead of 3, 7, 11, 15, 19",
 )
-NEWTON_BUDGET = 60  # the algorithm panel's Newton steps: about log₂ κ(Ŝ)² are needed, κ(Ŝ) up to 10⁹ fits
-MAX_DOUBLINGS = 16  # the algorithm panel runs GD for up to 2¹⁶ steps before calling it unconverged
 
 
 class IterativeNewtonResult(NamedTuple):
@@ -96,101 +146,77 @@ class IterativeNewtonResult(NamedTuple):
     best_gd: torch.Tensor  # (L, S) k*_GD(ℓ)
     best_newton_similarity: torch.Tensor  # (L, S) the SimE at k*
     best_gd_similarity: torch.Tensor  # (L, S)
+    # the GPT trained on the two-level covariances of condition number κ, on such prompts (its own read-out)
+    ill_gpt_error: torch.Tensor  # (S, K)
+    ill_newton_error: torch.Tensor  # (N, K)
+    ill_gd_error: torch.Tensor  # (G, K)
+    ill_least_squares_error: torch.Tensor  # (K,)
+    ill_newton_similarity: torch.Tensor  # (S, N)
+    ill_gd_similarity: torch.Tensor  # (S, G)
+    # the LSTM (M members) against the GPT, in distribution
+    lstm_error: torch.Tensor  # (M, K)
+    online_gd_error: torch.Tensor  # (K,)
+    similarity_table: torch.Tensor  # (2, 3): GPT and LSTM (mean over members) × best Newton, best GD, online GD
+    # forgetting: n = forget_context examples, then a query copying x_{n−g}
+    forget_gaps: torch.Tensor  # (F,)
+    forget_gpt: torch.Tensor  # (S, F) error / d
+    forget_gpt_se: torch.Tensor  # (S, F)
+    forget_gpt_z: torch.Tensor  # (S,) (error at the largest g − at the smallest) / s.e. of the paired difference
+    forget_lstm: torch.Tensor  # (M, F)
+    forget_lstm_se: torch.Tensor  # (M, F)
+    forget_lstm_z: torch.Tensor  # (M,)
+    forget_newton: torch.Tensor  # (F,) Newton after 5 steps
+    forget_online_gd: torch.Tensor  # (F,)
     dim: int
     elapsed_seconds: float
 
 
-def _sequences(batch: tasks.RegressionBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch's prompts as sequences of examples, the query last: xs (..., n + 1, d), ys (..., n + 1)."""
-    return (
-        torch.cat([batch.X, batch.x_query.unsqueeze(-2)], -2),
-        torch.cat([batch.y, batch.y_query.unsqueeze(-1)], -1),
-    )
-
-
-def _first_below(deviation: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """Index of the first entry of each row (…, T) at or below ``tolerance``; -1 where none is. -> (…,) long."""
-    below = deviation <= tolerance
-    first = below.long().argmax(-1)
-    return torch.where(below.any(-1), first, -1)
-
-
-def algorithms_alone(config: IterativeNewtonConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Convergence to least squares of Newton and GD on Σ = I and on the two-level Σ (fresh basis per prompt)."""
-    d, n, B = config.dim, 2 * config.dim, config.n_algorithm_test
-    identity = torch.eye(d, dtype=torch.float64).expand(B, d, d)
-    two_level = tasks.two_level_covariances(B, d, config.condition_number, generator=generator)
-    newton, gd, newton_steps, gd_steps = [], [], [], []
-    for covariance in (identity, two_level):
-        batch = tasks.sample_regression(1, n, covariance, generator=generator, dtype=torch.float64)
-        S, h = baselines._moments(batch.X[:, 0], batch.y[:, 0])  # (B, d, d), (B, d)
-        target = baselines.least_squares_weights(S, h)
-        scale = (target**2).sum(-1).mean()
-
-        def relative(w: torch.Tensor, target: torch.Tensor = target, scale: torch.Tensor = scale) -> torch.Tensor:
-            return ((w - target) ** 2).sum(-1).mean(-1) / scale
-
-        newton_curve = relative(baselines.newton_weights(S, h, range(NEWTON_BUDGET + 1)))
-        newton.append(newton_curve)
-        newton_steps.append(_first_below(newton_curve, config.tolerance))
-        doublings = [2**j for j in range(MAX_DOUBLINGS + 1)]
-        gd_curve = relative(baselines.gd_weights(S, h, doublings))
-        gd.append(gd_curve)
-        first = _first_below(gd_curve, config.tolerance)
-        gd_steps.append(torch.where(first >= 0, 2**first, -1))
-    return {
-        "newton_deviation": torch.stack(newton),
-        "gd_deviation": torch.stack(gd),
-        "newton_to_tolerance": torch.stack(newton_steps),
-        "gd_to_tolerance": torch.stack(gd_steps),
-    }
-
-
 def run(config: IterativeNewtonConfig, *, progress: bool = True) -> IterativeNewtonResult:
-    """Load (or train) the shared GPT, fit its layer probes, and compare every layer with Newton and GD."""
+    """Load (or train) the shared GPT, fit its layer probes and compare every layer with Newton and GD; then the
+    ill-conditioned GPT, the LSTM and the forgetting test."""
     began = time.perf_counter()
     streams = rng.streams(config.seed, config.device, part=1)
-    alone = algorithms_alone(config, streams.task)
+    alone = algorithms.algorithms_alone(config, streams.task)
     model, _ = gpt.trained(config.gpt(), progress=progress)
     d, K = config.dim, config.examples
     identity = torch.eye(d, device=config.device)
 
     def training_prompts(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _sequences(tasks.sample_regression(size, K - 1, identity, generator=streams.train))
+        return algorithms.sequences(tasks.sample_regression(size, K - 1, identity, generator=streams.train))
 
     fitted = probes.fit(model, training_prompts, config.n_probe)
-    xs, ys = _sequences(tasks.sample_regression(config.n_test, K - 1, identity, generator=streams.eval))
-    x64, y64 = xs.double().cpu(), ys.double().cpu()
+    xs, ys = algorithms.sequences(tasks.sample_regression(config.n_test, K - 1, identity, generator=streams.eval))
+    y64 = ys.double().cpu()
     layer_residuals = probes.predict(model, fitted, xs, ys).cpu() - y64  # (L, S, B, K)
     model_residuals = gpt.predictions(model, xs, ys).double().cpu() - y64  # (S, B, K)
-
-    S_t, h_t = baselines.prefix_moments(x64, y64)
+    references = algorithms.residuals(config, xs, ys)
     newton_steps = list(range(config.newton_steps + 1))
     gd_steps = [2**j for j in range(config.gd_log2_steps + 1)]
-    newton_residuals = (baselines.newton_weights(S_t, h_t, newton_steps) * x64).sum(-1) - y64  # (N, B, K)
-    gd_residuals = (baselines.gd_weights(S_t, h_t, gd_steps) * x64).sum(-1) - y64  # (G, B, K)
-    ls_residuals = (baselines.least_squares_weights(S_t, h_t) * x64).sum(-1) - y64  # (B, K)
 
     error = lambda residuals: (residuals**2).mean(-2) / d  # noqa: E731  (…, B, K) -> (…, K)
     positions = slice(1, K)  # residual vectors leave out position 0
-    layers = layer_residuals[..., positions]
-    newton_similarity = torch.stack(
-        [similarity.similarity_matrix(layers[:, s], newton_residuals[..., positions]) for s in range(config.n_seeds)], 1
-    )  # (L, S, N)
-    gd_similarity = torch.stack(
-        [similarity.similarity_matrix(layers[:, s], gd_residuals[..., positions]) for s in range(config.n_seeds)], 1
-    )  # (L, S, G)
+    newton_similarity, gd_similarity = (
+        torch.stack(
+            [
+                similarity.similarity_matrix(member[..., positions], reference[..., positions])
+                for member in layer_residuals.unbind(1)
+            ],
+            1,
+        )  # (L, S, ·)
+        for reference in (references.newton, references.gd)
+    )
     best_newton, best_newton_sim = similarity.best_match(newton_similarity, newton_steps)
     best_gd, best_gd_sim = similarity.best_match(gd_similarity, gd_steps)
-
-    algorithm_k = newton_steps[1:]
     algorithm_similarity = similarity.similarity_matrix(
-        newton_residuals[1:, :, positions], gd_residuals[..., positions]
+        references.newton[1:, :, positions], references.gd[..., positions]
     )
     algorithm_best_gd, _ = similarity.best_match(algorithm_similarity, gd_steps)
+
+    lstm = recurrent.trained_lstm(config, progress)
+    lstm_residuals = recurrent.predictions(lstm, xs, ys).double().cpu() - y64  # (M, B, K)
     return IterativeNewtonResult(
         **alone,
-        algorithm_newton_steps=torch.tensor(algorithm_k),
+        algorithm_newton_steps=torch.tensor(newton_steps[1:]),
         algorithm_similarity=algorithm_similarity,
         algorithm_best_gd=algorithm_best_gd,
         examples=torch.arange(K),
@@ -198,15 +224,20 @@ def run(config: IterativeNewtonConfig, *, progress: bool = True) -> IterativeNew
         model_error=error(model_residuals),
         newton_steps=torch.tensor(newton_steps),
         gd_steps=torch.tensor(gd_steps),
-        newton_error=error(newton_residuals),
-        gd_error=error(gd_residuals),
-        least_squares_error=error(ls_residuals),
+        newton_error=error(references.newton),
+        gd_error=error(references.gd),
+        least_squares_error=error(references.least_squares),
         newton_similarity=newton_similarity,
         gd_similarity=gd_similarity,
         best_newton=best_newton,
         best_gd=best_gd,
         best_newton_similarity=best_newton_sim,
         best_gd_similarity=best_gd_sim,
+        **ill_conditioned.run(config, streams.task, progress),
+        lstm_error=error(lstm_residuals),
+        online_gd_error=error(references.online_gd),
+        similarity_table=recurrent.similarity_table([model_residuals, lstm_residuals], references, positions),
+        **recurrent.forgetting(config, model, lstm, streams.eval),
         dim=d,
         elapsed_seconds=time.perf_counter() - began,
     )
@@ -286,6 +317,19 @@ def claim_checks(result: IterativeNewtonResult, config: IterativeNewtonConfig) -
         3.0,
         reason="at least 8× more GD steps (the paper note's bar)",
     )
+    gaps = f"g = {int(r.forget_gaps[-1])} against g = {int(r.forget_gaps[0])}"
+    checks.at_least(
+        f"forgetting: LSTM's error rise, {gaps}, paired / s.e. (smallest over members)",
+        r.forget_lstm_z.min().item(),
+        4.0,
+        reason="4 s.e., one-sided: the LSTM forgets the older examples",
+    )
+    checks.at_most(
+        f"forgetting: GPT's error rise, {gaps}, paired / s.e. (largest over seeds)",
+        r.forget_gpt_z.max().item(),
+        4.0,
+        reason="no rise beyond 4 s.e.: attention reads every example alike",
+    )
     return checks
 
 
@@ -314,6 +358,30 @@ def summary(result: IterativeNewtonResult, config: IterativeNewtonConfig) -> dic
         "similarity_newton_low": r.best_newton_similarity.min().item(),
         "similarity_newton_high": r.best_newton_similarity.max().item(),
         "algorithm_similarity_low": r.algorithm_similarity.max(-1).values.min().item(),
+        "ill_gpt_at_2d": r.ill_gpt_error[:, 2 * d].mean().item(),
+        "ill_gpt_at_2d_low": r.ill_gpt_error[:, 2 * d].min().item(),
+        "ill_gpt_at_2d_high": r.ill_gpt_error[:, 2 * d].max().item(),
+        "ill_best_newton": ", ".join(str(int(k)) for k in r.ill_newton_similarity.argmax(-1).tolist()),
+        "ill_best_gd": ", ".join(str(int(r.gd_steps[k])) for k in r.ill_gd_similarity.argmax(-1).tolist()),
+        "ill_newton_similarity": ", ".join(f"{v:.3f}" for v in r.ill_newton_similarity.max(-1).values.tolist()),
+        "ill_gd_similarity": ", ".join(f"{v:.3f}" for v in r.ill_gd_similarity.max(-1).values.tolist()),
+        "lstm_at_2d": r.lstm_error[:, 2 * d].mean().item(),
+        "gpt_at_2d": r.model_error[:, 2 * d].mean().item(),
+        "online_gd_at_2d": r.online_gd_error[2 * d].item(),
+        "forget_lstm_first": r.forget_lstm[:, 0].mean().item(),
+        "forget_lstm_last": r.forget_lstm[:, -1].mean().item(),
+        "forget_gpt_first": r.forget_gpt[:, 0].mean().item(),
+        "forget_gpt_last": r.forget_gpt[:, -1].mean().item(),
+        "forget_online_first": r.forget_online_gd[0].item(),
+        "forget_online_last": r.forget_online_gd[-1].item(),
+        "forget_newton_first": r.forget_newton[0].item(),
+        "forget_newton_last": r.forget_newton[-1].item(),
+        "forget_n": config.forget_context,
+        "forget_g_first": int(r.forget_gaps[0]),
+        "forget_g_last": int(r.forget_gaps[-1]),
+        "lstm_width": config.lstm_width,
+        "lstm_layers": config.lstm_layers,
+        "lstm_seeds": config.lstm_seeds,
         "n_test": config.n_test,
         "n_probe": config.n_probe,
         "n_algorithm": config.n_algorithm_test,
