@@ -23,7 +23,7 @@ RANDOM_START_PART = 1000  # the random-start runs' random streams (the sweep's r
 def covariances(config: OneStepPGDConfig, *, random_start: bool = False) -> torch.Tensor:
     """The (K=2, S, d, d) float64 covariances: I_d, and a rotated Σ of condition number κ per seed; with
     ``random_start``, the (K=2, R, d, d) ones of the random-start runs (their own stream and condition number)."""
-    generator = rng.streams(config.seed, config.device, part=RANDOM_START_PART if random_start else 0).task
+    generator = rng.streams(config.seed, config.device, part=RANDOM_START_PART if random_start else None).task
     count = config.random_start_seeds if random_start else config.n_seeds
     kappa = config.random_start_condition_number if random_start else config.condition_number
     ill = torch.stack(
