@@ -117,9 +117,10 @@ CHAPTERS: dict[str, Chapter] = {
             "12_iterative_newton",
             "The GPT's layers progress like iterative Newton",
             "iterative_newton",
-            "Fu, Chen, Jia, Sharan Figs. 2, 3, 26",
+            "Fu, Chen, Jia, Sharan Figs. 2-5, 26, Table 1",
             "read out layer by layer, chapter 10's GPT matches a linearly growing number of Newton steps and an "
-            "exponentially growing number of GD steps; at this scale the level of similarity does not separate them",
+            "exponentially growing number of GD steps; an LSTM forgets, the GPT does not; at this scale the level of "
+            "similarity does not separate Newton from GD, nor does training on κ = 100",
         ),
     )
 }

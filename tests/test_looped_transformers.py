@@ -269,3 +269,5 @@ def test_the_context_length_below_d_defaults_to_half_of_d() -> None:
 
     assert config(**TINY).n_underdetermined == 1 and config().n_underdetermined == 5
     assert config(**{**TINY, "n_underdetermined": 2}).n_underdetermined == 2
+    assert config(**TINY).underdetermined_train_steps == 3 * TINY["train_steps"]
+    assert config(**{**TINY, "underdetermined_train_steps": 7}).underdetermined_train_steps == 7

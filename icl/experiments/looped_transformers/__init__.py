@@ -70,6 +70,7 @@ class LoopedConfig(LinearExperimentConfig):
     condition_number: float = 4.0
     n_sweep: tuple[int, ...] = (10, 20, 40, 100)
     n_underdetermined: int | None = None  # a context length below d, every L in ``loops``; None: d // 2
+    underdetermined_train_steps: int | None = None  # their Adam steps; None: 3 × train_steps (the loss is flatter)
     looping_from: tuple[int, ...] = (2, 5)
     max_test_loops: int = 50
     ood_ranges: tuple[float, ...] = (0.25, 1.0, 0.5, 2.0, 0.25, 4.0)
@@ -97,6 +98,8 @@ class LoopedConfig(LinearExperimentConfig):
         put("n_underdetermined", positive_int("n_underdetermined", n_under))
         if self.n_underdetermined >= self.dim:
             raise ValueError(f"n_underdetermined must be below dim={self.dim}, got {self.n_underdetermined}")
+        steps = 3 * self.train_steps if self.underdetermined_train_steps is None else self.underdetermined_train_steps
+        put("underdetermined_train_steps", positive_int("underdetermined_train_steps", steps))
         put("looping_from", tuple(sorted(set(int_tuple("looping_from", self.looping_from)))))
         if not set(self.looping_from) <= set(self.loops):
             raise ValueError(f"looping_from must be among loops={self.loops}, got {self.looping_from}")
