@@ -35,17 +35,9 @@ def zero(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tenso
 
 
 def least_squares(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least squares, ŵ = X⁺ y, by the normal equations (not CUDA lstsq, which assumes full rank).
-
-    n >= d solves (XᵀX) ŵ = Xᵀy; n < d solves (XXᵀ) α = y and takes ŵ = Xᵀα.
-    """
-    n, d = X.shape[-2:]
-    if n >= d:
-        w = torch.linalg.solve(X.mT @ X, (X.mT @ y.unsqueeze(-1))).squeeze(-1)
-    else:
-        alpha = torch.linalg.solve(X @ X.mT, y.unsqueeze(-1))
-        w = (X.mT @ alpha).squeeze(-1)
-    return (w * x_query).sum(-1)
+    """Minimum-norm least squares, ŵ = X⁺ y = Ŝ⁺ h (:func:`least_squares_weights`; whatever n against d, unlike CUDA's
+    lstsq, which assumes full rank). -> (...)."""
+    return (least_squares_weights(*_moments(X, y)) * x_query).sum(-1)
 
 
 def nearest_neighbours(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
