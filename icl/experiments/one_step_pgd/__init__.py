@@ -36,7 +36,15 @@ from icl.evaluate import downsample_curve
 from icl.experiments.one_step_pgd import random_start
 from icl.experiments.one_step_pgd.random_start import STALL
 from icl.experiments.one_step_pgd.random_start import kappa as random_start_kappa
-from icl.experiments.one_step_pgd.training import KINDS, NAME, covariances, read_weights, test_losses, train_ensemble
+from icl.experiments.one_step_pgd.training import (
+    KINDS,
+    NAME,
+    covariances,
+    read_weights,
+    test_losses,
+    theory_optimal,
+    train_ensemble,
+)
 
 __all__ = [
     "CONFIG",
@@ -164,7 +172,7 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
     loss, loss_se, optimal_mc = (
         x.reshape(K, S) for x in test_losses(main.model, flat_covariance, n, config, main.eval_generator)
     )
-    optimal = torch.stack([torch.stack([theory.optimal_preconditioner(c, n) for c in kind]) for kind in covariance])
+    optimal = torch.stack([theory_optimal(kind, n) for kind in covariance])
     inverse = torch.linalg.inv(covariance)
     one = covariance[:, 0]  # the closed-form losses depend on Σ's spectrum only, shared by all seeds
     optimal_loss = torch.stack([theory.optimal_one_step_loss(c, n) for c in one])
@@ -182,7 +190,7 @@ def run(config: OneStepPGDConfig, *, progress: bool = True) -> OneStepPGDResult:
             trained = train_ensemble(config, ill, n_sweep, part, progress)
             learned = read_weights(trained.model)["learned"]
             mc = test_losses(trained.model, ill, n_sweep, config, trained.eval_generator)[0]
-        gamma = torch.stack([theory.optimal_preconditioner(c, n_sweep) for c in ill])
+        gamma = theory_optimal(ill, n_sweep)
         sweep_errors.append(evaluate.relative_error(learned, gamma))
         sweep_inverse.append(evaluate.relative_error(learned, inverse[1]))
         sweep_gap.append(evaluate.relative_error(gamma, inverse[1]))

@@ -91,7 +91,7 @@ def test_losses(
     model: LinearTransformer, covariance: torch.Tensor, n: int, config: OneStepPGDConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Monte Carlo MSE and its s.e. for the model, and the MSE of the Γ* predictor, on the same prompts. -> 3 × (E,)."""
-    optimal = torch.stack([theory.optimal_preconditioner(c, n) for c in covariance]).float().unsqueeze(1)
+    optimal = theory_optimal(covariance, n).float().unsqueeze(1)
     predictions = monte_carlo_predictions(
         config.n_test,
         n,
