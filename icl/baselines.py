@@ -23,7 +23,7 @@ import torch
 from icl.config import finite_float, positive_int
 
 
-def _moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def context_moments(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ŝ: (..., d, d) and h: (..., d) of the context."""
     n = X.shape[-2]
     return X.mT @ X / n, (X.mT @ y.unsqueeze(-1)).squeeze(-1) / n
@@ -37,7 +37,7 @@ def zero(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tenso
 def least_squares(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
     """Minimum-norm least squares, ŵ = X⁺ y = Ŝ⁺ h (:func:`least_squares_weights`; whatever n against d, unlike CUDA's
     lstsq, which assumes full rank). -> (...)."""
-    return (least_squares_weights(*_moments(X, y)) * x_query).sum(-1)
+    return (least_squares_weights(*context_moments(X, y)) * x_query).sum(-1)
 
 
 def nearest_neighbours(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
@@ -62,7 +62,7 @@ def prefix_errors(
 def ridge(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, regularisation: float) -> torch.Tensor:
     """Ridge regression ŵ = (Ŝ + λ I)⁻¹ h with λ = ``regularisation`` > 0."""
     regularisation = finite_float("regularisation", regularisation, minimum=0.0, strict=True)
-    second_moment, h = _moments(X, y)
+    second_moment, h = context_moments(X, y)
     eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
     w = torch.linalg.solve(second_moment + regularisation * eye, h.unsqueeze(-1)).squeeze(-1)
     return (w * x_query).sum(-1)
@@ -86,7 +86,7 @@ def preconditioned_gd(
         preconditioners = list(preconditioner)
         if len(preconditioners) != n_steps:
             raise ValueError(f"got {len(preconditioners)} preconditioners for n_steps={n_steps}")
-    second_moment, h = _moments(X, y)
+    second_moment, h = context_moments(X, y)
     w = torch.zeros_like(h)
     for A in preconditioners:
         gradient = (second_moment @ w.unsqueeze(-1)).squeeze(-1) - h
@@ -320,5 +320,5 @@ def online_gd_weights(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
 
 def iterative_newton(X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor, n_steps: int) -> torch.Tensor:
     """ŷ after ``n_steps`` steps of iterative Newton on the context (:func:`newton_weights`). -> (...)."""
-    second_moment, h = _moments(X, y)
+    second_moment, h = context_moments(X, y)
     return (newton_weights(second_moment, h, [n_steps])[0] * x_query).sum(-1)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from icl import rng, tasks, theory
+from icl import baselines, rng, tasks, theory
 from icl.checks import ClaimChecks, family_z
 from icl.config import (
     LinearExperimentConfig,
@@ -164,12 +164,6 @@ def _train(config: DistributionShiftConfig, part: str, progress: bool) -> Linear
     return model
 
 
-def _least_squares_weights(batch: tasks.RegressionBatch) -> torch.Tensor:
-    """ŵ = (XᵀX)⁻¹ Xᵀy per prompt (n >= d), float64: (B, d)."""
-    X, y = batch.X.double(), batch.y.double()
-    return torch.linalg.solve(X.mT @ X, (X.mT @ y.unsqueeze(-1))).squeeze(-1)
-
-
 def _errors(model: LinearTransformer, optimum: torch.Tensor, batch: tasks.RegressionBatch, lam: torch.Tensor):
     """Query-averaged errors of the models (seed mean per prompt), the theorem's predictor and least squares on a
     float64 batch of covariance ``lam`` (noise on the query's label is added by the caller): 3 × (B,)."""
@@ -177,7 +171,8 @@ def _errors(model: LinearTransformer, optimum: torch.Tensor, batch: tasks.Regres
     trained = query_averaged_error(checked_query_weights(model, single), batch.w, lam).mean(0)
     h = (batch.y.unsqueeze(-1) * batch.X).mean(-2)
     theorem = query_averaged_error(h @ optimum.mT, batch.w, lam)
-    least_squares = query_averaged_error(_least_squares_weights(batch), batch.w, lam)
+    least_squares_weights = baselines.least_squares_weights(*baselines.context_moments(batch.X, batch.y))
+    least_squares = query_averaged_error(least_squares_weights, batch.w, lam)
     return torch.stack([trained, theorem, least_squares])
 
 

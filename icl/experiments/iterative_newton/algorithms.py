@@ -62,7 +62,7 @@ def algorithms_alone(config: IterativeNewtonConfig, generator: torch.Generator) 
     newton, gd, newton_steps, gd_steps = [], [], [], []
     for covariance in (identity, two_level):
         batch = tasks.sample_regression(1, n, covariance, generator=generator, dtype=torch.float64)
-        S, h = baselines._moments(batch.X[:, 0], batch.y[:, 0])  # (B, d, d), (B, d)
+        S, h = baselines.context_moments(batch.X[:, 0], batch.y[:, 0])  # (B, d, d), (B, d)
         target = baselines.least_squares_weights(S, h)
         scale = (target**2).sum(-1).mean()
 

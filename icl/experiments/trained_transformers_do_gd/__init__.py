@@ -14,17 +14,18 @@ Shapes in the result: ``S`` seeds, ``T`` snapshots, ``C`` points of the loss cur
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
-from icl import baselines, construct, evaluate, rng, tasks, theory
+from icl import baselines, evaluate, rng, tasks, theory
 from icl.baselines import best_shared_step_size, minimise_scalar
 from icl.checks import ClaimChecks
 from icl.config import LinearExperimentConfig, finite_float, positive_int
 from icl.evaluate import downsample_curve, monte_carlo_predictions
+from icl.experiments.trained_transformers_do_gd import alignment
+from icl.experiments.trained_transformers_do_gd.alignment import Predictor
 from icl.models import LinearTransformer
 from icl.train import TrainConfig, fit_cached
 
@@ -34,7 +35,6 @@ ALIGNMENT_PROMPTS = 2000
 # Prompts per evaluation chunk at every n: evaluate.eval_chunk(n) agrees up to n = 20 and shrinks beyond, which would
 # change the test prompts (and numbers) of a run at a longer n.
 EVAL_CHUNK = 20_000
-Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -132,45 +132,6 @@ def _half_mse(predictions: torch.Tensor, targets: torch.Tensor) -> evaluate.Loss
     return evaluate.LossEstimate(estimate.mean / 2, estimate.standard_error / 2)
 
 
-def _sensitivity(predict: Predictor, batch: tasks.RegressionBatch, n_models: int | None = None) -> torch.Tensor:
-    """∂ŷ/∂x_q per prompt: (B, d), or (E, B, d) for an ensemble of ``n_models`` (each its own gradient).
-    The predictors are linear in x_q given the context, so this is the weight vector each applies."""
-    X, y, x_query = batch.X, batch.y, batch.x_query
-    if n_models is not None:
-        X, y, x_query = (t.expand(n_models, *t.shape) for t in (X, y, x_query))
-    with torch.enable_grad():
-        x_query = x_query.detach().clone().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(predict(X, y, x_query).sum(), x_query)
-    return gradient
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over prompts of the cosine similarity of per-prompt vectors. (..., B, d) -> (...)."""
-    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).mean(-1)
-
-
-def _constructions(
-    config: VonOswaldGDConfig, eta: float, gdpp: tuple[float, float], batch: tasks.RegressionBatch
-) -> torch.Tensor:
-    """Max |ŷ| difference between the hand-built transformers and the algorithms, in float64. -> (3,)."""
-    d, n = config.dim, config.n_context
-    eta_pp, gamma = gdpp
-    pairs = [
-        (construct.gd_transformer(d, [eta]), lambda X, y, q: baselines.gd(X, y, q, eta)),
-        (construct.gd_transformer(d, [eta, eta]), lambda X, y, q: baselines.gd(X, y, q, eta, n_steps=2)),
-        (
-            construct.gd_plus_plus_transformer(d, [eta_pp, eta_pp], [gamma, gamma], n_context=n),
-            lambda X, y, q: baselines.gd_plus_plus(X, y, q, [eta_pp, eta_pp], [gamma, gamma]),
-        ),
-    ]
-    errors = []
-    for weights, algorithm in pairs:
-        model = construct.to_transformer(type(weights)(*(w.to(batch.X.device) for w in weights)))  # built on the CPU
-        built = model.predict(batch.X, batch.y, batch.x_query)
-        errors.append((built - algorithm(batch.X, batch.y, batch.x_query)).abs().max())
-    return torch.stack(errors)
-
-
 def _train(config: VonOswaldGDConfig, looped: bool, progress: bool) -> tuple[LinearTransformer, Any]:
     part = 1 if looped else 0
     streams = rng.streams(config.seed, config.device, part=part)
@@ -200,18 +161,6 @@ def _train(config: VonOswaldGDConfig, looped: bool, progress: bool) -> tuple[Lin
         snapshot_every=max(1, config.train_steps // SNAPSHOTS),
     )
     return model, trained
-
-
-def _model_predictor(model: LinearTransformer) -> Predictor:
-    """The ensemble's predictions (E, B) on prompts shared by all members, (B, ...), or its own, (E, B, ...)."""
-    E = model.n_models
-
-    def predict(X: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        if X.ndim == 3:
-            X, y, q = (t.expand(E, *t.shape) for t in (X, y, q))
-        return model.predict(X, y, q)
-
-    return predict
 
 
 def _test(predictors: dict[str, Predictor], config: VonOswaldGDConfig, generator: torch.Generator) -> dict[str, Any]:
@@ -248,7 +197,7 @@ def run(config: VonOswaldGDConfig, *, progress: bool = True) -> VonOswaldGDResul
     # γ shrinks the Gram matrix Σ x_i x_iᵀ ≈ n σ² I; search γ up to 2.5/(n d σ²), past where it over-corrects.
     gamma = minimise_scalar(lambda g: gdpp_fit(g)[1], 0.0, 2.5 / (n * d * config.variance), grid=21, iterations=30)
     eta_pp = gdpp_fit(gamma)[0]
-    construction_error = _constructions(config, eta, (eta_pp, gamma), validation)
+    construction_error = alignment.constructions(d, n, eta, (eta_pp, gamma), validation)
 
     one_layer, one_trained = _train(config, looped=False, progress=progress)
     recurrent, rec_trained = _train(config, looped=True, progress=progress)
@@ -263,7 +212,13 @@ def run(config: VonOswaldGDConfig, *, progress: bool = True) -> VonOswaldGDResul
         return baselines.gd_plus_plus(X, y, q, [eta_pp, eta_pp], [gamma, gamma])
 
     tested = _test(
-        {"one": _model_predictor(one_layer), "rec": _model_predictor(recurrent), "gd": gd, "gd2": gd2, "gdpp": gdpp},
+        {
+            "one": alignment.model_predictor(one_layer),
+            "rec": alignment.model_predictor(recurrent),
+            "gd": gd,
+            "gd2": gd2,
+            "gdpp": gdpp,
+        },
         config,
         streams.eval,
     )
@@ -271,26 +226,13 @@ def run(config: VonOswaldGDConfig, *, progress: bool = True) -> VonOswaldGDResul
 
     # Alignment over training, on a small fixed set of prompts.
     probe = _sample(config, ALIGNMENT_PROMPTS, rng.streams(config.seed, config.device, part=2).eval, torch.float32)
-    references = {name: _sensitivity(f, probe) for name, f in (("gd", gd), ("gd2", gd2), ("gdpp", gdpp))}
+    references = {name: alignment.sensitivity(f, probe) for name, f in (("gd", gd), ("gd2", gd2), ("gdpp", gdpp))}
     reference_predictions = gd(probe.X, probe.y, probe.x_query)
 
-    def history(model: LinearTransformer, trained: Any) -> dict[str, torch.Tensor]:
-        final = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        rows: dict[str, list[torch.Tensor]] = {"gd": [], "gd2": [], "gdpp": [], "gap": []}
-        for t in range(trained.snapshot_steps.shape[0]):
-            model.load_state_dict({k: v[t] for k, v in trained.snapshots.items()})
-            predict = _model_predictor(model)
-            sensitivity = _sensitivity(predict, probe, n_models=model.n_models)
-            for name in ("gd", "gd2", "gdpp"):
-                rows[name].append(_cosine(sensitivity, references[name]))
-            with torch.no_grad():
-                rows["gap"].append(
-                    ((predict(probe.X, probe.y, probe.x_query) - reference_predictions).double() ** 2).mean(-1) / 2
-                )
-        model.load_state_dict(final)
-        return {k: torch.stack(v) for k, v in rows.items()}
-
-    one_history, rec_history = history(one_layer, one_trained), history(recurrent, rec_trained)
+    one_history, rec_history = (
+        alignment.history(model, trained, probe, references, reference_predictions)
+        for model, trained in ((one_layer, one_trained), (recurrent, rec_trained))
+    )
 
     P, Q = (w[:, 0].detach().double() for w in recurrent.weights())
     trace = lambda M: torch.diagonal(M, dim1=-2, dim2=-1).sum(-1)  # noqa: E731
