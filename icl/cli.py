@@ -1,4 +1,5 @@
-"""Command line: ``python -m icl run`` executes a chapter with papermill; ``python -m icl list`` lists them.
+"""Command line: ``python -m icl run`` executes a chapter with papermill; ``python -m icl list`` lists them;
+``python -m icl store list|prune`` shows or cleans the store of trained models (:mod:`icl.store`).
 
     python -m icl run book/02_one_step_pgd.md [--preset quick|paper] [--device auto|cpu|cuda]
                       [--seed S] [-p name=value ...] [--out DIR]
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from icl import chapters, presets, record
+from icl import chapters, presets, record, store
 from icl.checks import ClaimCheckFailed
 from icl.config import positive_int
 from icl.device import resolve_device
@@ -160,6 +161,28 @@ def list_chapters() -> int:
     return EXIT_OK
 
 
+def store_command(args: argparse.Namespace) -> int:
+    """``store list``: every stored result and checkpoint; ``store prune``: delete what this checkout cannot serve."""
+    root = store.default_root()
+    if args.action == "list":
+        found = store.entries(root)
+        for entry in found:
+            state = "current" if entry.current else "stale"
+            size = f"{entry.bytes / 2**20:.1f} MiB"
+            print(f"{entry.kind:<10}  {entry.created:<25}  {size:>10}  {state:<7}  {entry.name}")
+        stale = [entry for entry in found if not entry.current]
+        total = sum(entry.bytes for entry in found) / 2**20
+        print(f"{root}: {len(found)} files, {total:.1f} MiB; {len(stale)} stale", end="")
+        print(" (`python -m icl store prune` deletes them)" if stale else "")
+        return EXIT_OK
+    deleted = store.prune(root, everything=args.all, dry_run=args.dry_run)
+    freed = sum(entry.bytes for entry in deleted) / 2**20
+    for entry in deleted:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {entry.kind} {entry.name} ({entry.path.name})")
+    print(f"{'would free' if args.dry_run else 'freed'} {freed:.1f} MiB in {len(deleted)} files under {root}")
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m icl", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -178,13 +201,25 @@ def parser() -> argparse.ArgumentParser:
     )
     run_parser.add_argument("--out", default="runs", help="output folder (default: runs/)")
     commands.add_parser("list", help="list the chapters and their presets")
+    store_parser = commands.add_parser(
+        "store",
+        help="list or prune the stored trained models and results ($ICL_STORE, else .icl-store/)",
+        description="Trained models and results are stored keyed by their configuration and the source of the code "
+        "that computed them. An entry is stale when that code has changed since: this checkout can never serve it.",
+    )
+    store_actions = store_parser.add_subparsers(dest="action", required=True)
+    store_actions.add_parser("list", help="every stored file: kind, date, size, current or stale")
+    prune_parser = store_actions.add_parser("prune", help="delete the stale files (with --all, every file)")
+    prune_parser.add_argument("--all", action="store_true", help="delete every stored file, current ones too")
+    prune_parser.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return run(args) if args.command == "run" else list_chapters()
+        commands = {"run": run, "list": lambda _: list_chapters(), "store": store_command}
+        return commands[args.command](args)
     except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

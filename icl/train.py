@@ -267,14 +267,21 @@ def fit_cached(
     """Train ``model`` in place, or load its trained weights from the store; returns the loss curves (steps, E)
     and, with ``snapshot_every``, the parameters over training (see :class:`icl.train.TrainResult`).
 
-    The store key is (``name``-``part``, ``config``, icl's source hash); ``part`` is a short slug
-    naming the sub-run (``"n20"``). While training, a checkpoint
-    under the same key lets a killed run resume; the trained state is stored only once complete.
+    The store key is (``name``-``part``, ``config``, the source of what training runs through: the modules that
+    define ``sample``, the model, ``objective`` and the config, this trainer, and every ``icl`` module they import);
+    ``part`` is a short slug naming the sub-run (``"n20"``). While training, a checkpoint under the same key lets a
+    killed run resume; the trained state is stored only once complete.
     """
     key = f"{name}-{part}"
+    roots = [getattr(f, "__module__", None) for f in (sample, type(model), objective, type(config))]
+    # A sampler without a module (a functools.partial) could come from anywhere: key it by the whole package (no roots).
+    roots = [__name__, *roots] if all(roots) else []
+    modules = store.key_modules(roots)
+    checkpoint = store.checkpoint_path(store.config_key(key, config, modules))
 
     def compute() -> dict[str, Any]:
-        checkpoint = store.checkpoint_path(store.config_key(key, config))
+        if not checkpoint.exists():
+            store.describe(checkpoint, key, config, modules)  # so that `icl store list` can name it
         result = train(
             model,
             sample,
@@ -288,8 +295,9 @@ def fit_cached(
         )
         return {"state": model.state_dict(), **result._asdict()}
 
-    stored = store.cached(key, config, compute)
+    stored = store.cached(key, config, compute, roots=roots)
     # Only now, with the trained state stored, may the checkpoint go: a kill before this line resumes.
-    store.checkpoint_path(store.config_key(key, config)).unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
+    checkpoint.with_suffix(".json").unlink(missing_ok=True)
     model.load_state_dict(stored["state"])
     return TrainResult(*(stored[field] for field in TrainResult._fields))

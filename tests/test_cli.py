@@ -208,3 +208,21 @@ def test_a_tuple_parameter_reaches_the_chapter_as_a_list(tmp_path: Path) -> None
     parameters = cli.prepare(args)[2]
     assert parameters["spectrum"] == [1.0, 0.25]
     assert presets.get("multi_step_pgd", "quick", device="cpu", spectrum=parameters["spectrum"]).spectrum == (1.0, 0.25)
+
+
+def test_store_list_and_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from icl import store
+
+    monkeypatch.setenv("ICL_STORE", str(tmp_path))
+    store.cached("kept", {"dim": 2}, lambda: {"x": torch.zeros(3)}, roots=["icl.tasks"])
+    (tmp_path / "results" / "from-an-older-store.pt").write_bytes(b"no description")
+    assert cli.main(["store", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and "current  kept" in out[0] + out[1] and "stale    ?" in out[0] + out[1]
+    assert out[2].endswith("2 files, 0.0 MiB; 1 stale (`python -m icl store prune` deletes them)")
+    assert cli.main(["store", "prune", "--dry-run"]) == 0 and len(list((tmp_path / "results").iterdir())) == 3
+    assert "would free" in capsys.readouterr().out
+    assert cli.main(["store", "prune"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "deleted result ? (from-an-older-store.pt)"
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "results").iterdir()) == ["kept", "kept"]
+    assert cli.main(["store", "prune", "--all"]) == 0 and list((tmp_path / "results").iterdir()) == []

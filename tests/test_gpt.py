@@ -20,7 +20,7 @@ def test_a_second_request_loads_the_same_weights(tmp_path, monkeypatch: pytest.M
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(training.losses, again.losses, rtol=0, atol=0)
-    assert len(list((tmp_path / "results").iterdir())) == 1 and not list((tmp_path / "checkpoints").iterdir())
+    assert len(list((tmp_path / "results").glob("*.pt"))) == 1 and not list((tmp_path / "checkpoints").iterdir())
     xs, ys = torch.randn(5, 7, 3), torch.randn(5, 7)
     assert gpt.predictions(first, xs, ys).shape == (2, 5, 7)
 
