@@ -60,3 +60,13 @@ def test_claim_check_records_offers_and_verifies(path: Path) -> None:
     assert len(record) == 1, "the chapter records its numbers exactly once, under its own name"
     assert "record.download_link(" in cells[record[0]].source
     assert any(c.source.strip() == "checks.verify()" for c in cells[record[0] + 1 :]), "no checks.verify() after it"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_code_cell_stays_on_the_page(path: Path) -> None:
+    """Live Code (Thebe) runs the code that is on the page, so a cell whose code is removed (``remove-cell``,
+    ``remove-input``) would leave later cells without its names: code is folded (``hide-cell``, ``hide-input``)
+    instead. tests/test_live_code.py runs the built pages' code as Thebe would."""
+    for cell in _code_cells(path):
+        removed = {"remove-cell", "remove-input"} & set(cell.metadata.get("tags", []))
+        assert not removed, f"{sorted(removed)} keeps this cell's code from Live Code: {cell.source.splitlines()[0]}"
