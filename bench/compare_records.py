@@ -20,7 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-IGNORED = {"run", "versions", "elapsed_seconds", "parameters", "schema"}  # run statistics, not results
+IGNORED = {
+    "run",
+    "versions",
+    "elapsed_seconds",
+    "parameters",
+    "schema",
+    "schema_version",
+    "created",
+    "source",
+}  # not results
 
 
 def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -2,13 +2,15 @@
 ``python -m icl store list|prune`` shows or cleans the store of trained models (:mod:`icl.store`).
 
     python -m icl run book/02_one_step_pgd.md [--preset quick|paper] [--device auto|cpu|cuda]
-                      [--seed S] [-p name=value ...] [--out DIR]
+                      [--seed S] [-p name=value ...] [--out DIR] [--quiet]
 
 writes ``DIR/<chapter>.ipynb`` (the executed notebook) and ``DIR/<chapter>.json`` (the chapter's record,
 :mod:`icl.record`: resolved preset and config, every claim check, the key arrays, run time, peak memory, versions),
 each through a temporary file and an atomic rename, and only when the chapter reached its claim checks: a run that
-fails before them leaves ``DIR`` as it was. Exit status: 0 when every claim check passed, 1 when a check failed or the
-chapter raised, 2 for bad input (reported in one line, before any work, with nothing written).
+fails before them leaves ``DIR`` as it was. While it runs, the chapter's progress bars (training, evaluation) and
+warnings stream to stderr (``--quiet``: not). Exit status: 0 when every claim check passed, 1 when a check failed, the
+chapter raised or its kernel died, 2 for bad input (reported in one line, before any work, with nothing written),
+130 when interrupted (Ctrl-C; one line, nothing written; trained models already stored stay).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from icl import chapters, presets, record, store
+from icl import __version__, chapters, presets, record, store
 from icl.checks import ClaimCheckFailed
 from icl.config import positive_int
 from icl.device import resolve_device
 from icl.store import atomic_write_text
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESERVED = ("preset", "device", "seed")  # set by their own options, not by -p
 
 
@@ -77,7 +79,11 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
         overrides = dict(_parse_assignment(p) for p in args.parameter)
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
-            raise ValueError(f"unknown parameter {unknown[0]!r} for {chapter.slug}; choose from {sorted(defaults)}")
+            accepted = sorted(set(defaults) - set(RESERVED))
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r} for {chapter.slug}; choose from {accepted}"
+                f"{presets.did_you_mean(unknown[0], accepted)}"
+            )
         for reserved in RESERVED:
             if reserved in overrides:
                 raise ValueError(f"set {reserved} with --{reserved}, not -p")
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     chapter, notebook, parameters = prepare(args)
     import nbformat
     import papermill
+    from nbclient.exceptions import DeadKernelError
 
     out = Path(args.out)
     notebook_path, json_path = out / f"{chapter.slug}.ipynb", out / f"{chapter.slug}.json"
@@ -118,9 +125,25 @@ def run(args: argparse.Namespace) -> int:
                 kernel_name="python3",
                 cwd=str(chapters.chapter_file(args.chapter).resolve().parent),
                 progress_bar=False,
+                # The chapter's stderr (its training and evaluation progress bars, warnings) as it arrives.
+                stderr_file=None if args.quiet else sys.stderr,
             )
         except papermill.PapermillExecutionError as exc:
             error = exc
+        except DeadKernelError:
+            print(
+                f"error: the kernel running {chapter.slug} died (out of memory?); nothing written. Models it "
+                "finished training are in the store, and an interrupted training resumes from its checkpoint",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: {chapter.slug} stopped; nothing written. Models it finished training are in the "
+                "store, and an interrupted training resumes from its checkpoint",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         finally:
             if previous is None:
                 os.environ.pop(record.RECORD_DIR_VARIABLE, None)
@@ -144,21 +167,42 @@ def run(args: argparse.Namespace) -> int:
 
 
 def list_chapters() -> int:
-    """Each chapter, the names ``-p`` accepts (its parameters cell), and what quick and paper set."""
+    """Each chapter, and every name ``-p`` accepts (its parameters cell) with its default, or what quick and paper
+    set where the parameters cell leaves it to the preset."""
     for chapter in chapters.CHAPTERS.values():
         print(f"book/{chapter.slug}.md  {chapter.title}")
-        path = Path("book") / f"{chapter.slug}.md"
-        if path.is_file():  # run from the repository root
-            names = [n for n in chapters.parameters_of(chapters.read_notebook(path)) if n not in RESERVED]
-            print(f"    -p accepts: {', '.join(names)} (and --preset, --device, --seed)")
+        path = chapters.chapter_file(chapter.slug)
+        if not path.is_file():
+            print("    (its notebook is not here: run from a source checkout to see its parameters)")
+            continue
+        names = {k: v for k, v in chapters.parameters_of(chapters.read_notebook(path)).items() if k not in RESERVED}
         if chapter.experiment is None:
             print("    no training; runs in seconds at any preset")
-            continue
-        quick, paper = (presets.get(chapter.experiment, p, device="cpu") for p in presets.PRESET_NAMES)
-        for name in presets.parameter_names(chapter.experiment):
-            if name not in RESERVED:
-                print(f"    {name:<18} quick {getattr(quick, name)!s:<22} paper {getattr(paper, name)!s}")
+        quick, paper = (
+            (presets.get(chapter.experiment, p, device="cpu") for p in presets.PRESET_NAMES)
+            if chapter.experiment is not None
+            else (None, None)
+        )
+        rows = []
+        for name, default in names.items():
+            if default is None and quick is not None and hasattr(quick, name):
+                rows.append(
+                    (name, f"quick {_literal(getattr(quick, name))}", f"paper {_literal(getattr(paper, name))}")
+                )
+            else:
+                rows.append((name, f"default {default!r}", ""))
+        width = max((len(name) for name, _, _ in rows), default=0)
+        wide = max((len(q) for _, q, _ in rows), default=0)
+        for name, first, second in rows:
+            print(f"    -p {name:<{width}}  {first:<{wide}}  {second}".rstrip())
     return EXIT_OK
+
+
+def _literal(value: Any) -> str:
+    """A value as one would type it after ``-p name=``: ``(1, 0.25)``, ``2000``, ``balanced``."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def store_command(args: argparse.Namespace) -> int:
@@ -183,24 +227,61 @@ def store_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXAMPLES = """examples:
+  python -m icl run book/02_one_step_pgd.md                 # quick preset, a GPU if there is one
+  python -m icl run 02_one_step_pgd --preset paper --device cuda --seed 3 --out runs/
+  python -m icl run book/06_looped_transformers.md -p "loops=(1, 2)" -p train_steps=400
+  python -m icl list                                        # chapters and what -p accepts
+  python -m icl store list                                  # stored trained models
+
+exit status: 0 every claim check passed; 1 a check failed, the chapter raised or its kernel died;
+2 bad input (one line, nothing done); 130 interrupted (Ctrl-C).
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m icl", description=__doc__.split("\n")[0])
-    commands = top.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="execute a chapter with papermill; write its notebook and JSON")
+    top = argparse.ArgumentParser(
+        prog="python -m icl",
+        description="Run the chapters of icl-book and look after their store of trained models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"icl {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="{run,list,store}")
+    run_parser = commands.add_parser(
+        "run",
+        help="execute a chapter with papermill; write its notebook and JSON",
+        description="Execute a chapter and write DIR/<chapter>.ipynb and DIR/<chapter>.json (its record), only when "
+        "it reached its claim checks. Its progress bars stream to stderr.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run_parser.add_argument("chapter", help="a chapter: its path (book/02_one_step_pgd.md) or name (02_one_step_pgd)")
-    run_parser.add_argument("--preset", default=None, help="quick (default, or $ICL_PRESET) or paper")
-    run_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
-    run_parser.add_argument("--seed", default="0", help="base seed, an integer >= 0 (default 0)")
+    run_parser.add_argument(
+        "--preset",
+        default=None,
+        metavar="{" + ",".join(presets.PRESET_NAMES) + "}",
+        help="quick (a 2-core CPU in minutes) or paper (the paper's scale); default $ICL_PRESET, else quick",
+    )
+    run_parser.add_argument(
+        "--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}", help="default auto: a GPU if there is one"
+    )
+    run_parser.add_argument("--seed", default="0", metavar="S", help="base seed, an integer >= 0 (default 0)")
     run_parser.add_argument(
         "-p",
         dest="parameter",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a parameter of the chapter's parameters cell (repeatable)",
+        help="set a parameter of the chapter's parameters cell (repeatable; `python -m icl list` shows them)",
     )
-    run_parser.add_argument("--out", default="runs", help="output folder (default: runs/)")
-    commands.add_parser("list", help="list the chapters and their presets")
+    run_parser.add_argument("--out", default="runs", metavar="DIR", help="output folder (default: runs/)")
+    run_parser.add_argument(
+        "--quiet", action="store_true", help="do not stream the chapter's progress bars and warnings to stderr"
+    )
+    commands.add_parser(
+        "list", help="list the chapters and the parameters -p accepts, with their quick and paper values"
+    )
     store_parser = commands.add_parser(
         "store",
         help="list or prune the stored trained models and results ($ICL_STORE, else .icl-store/)",
@@ -223,3 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the output was piped into a reader that stopped early (`| head`)
+        sys.stderr.close()
+        return EXIT_OK

@@ -15,9 +15,11 @@ This module finds experiments by name; it imports none of them itself.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import os
 import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -29,11 +31,20 @@ PRESET_NAMES: tuple[str, ...] = ("quick", "paper")
 
 def resolve(preset: str | None) -> str:
     """``None`` -> ``$ICL_PRESET`` if set, else ``"quick"``; anything else must be a known preset name."""
+    source = ""
     if preset is None:
-        preset = os.environ.get("ICL_PRESET") or "quick"
+        preset, source = os.environ.get("ICL_PRESET") or "quick", " (from $ICL_PRESET)"
     if preset not in PRESET_NAMES:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESET_NAMES)}")
+        raise ValueError(
+            f"unknown preset {preset!r}{source}; choose one of {list(PRESET_NAMES)}{did_you_mean(preset, PRESET_NAMES)}"
+        )
     return preset
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to a misspelt ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def experiments() -> tuple[str, ...]:
@@ -46,7 +57,9 @@ def experiments() -> tuple[str, ...]:
 def experiment(name: str) -> ModuleType:
     """The experiment module ``name``; an unknown name fails with the list of known ones."""
     if name not in experiments():
-        raise ValueError(f"unknown experiment {name!r}; choose one of {list(experiments())}")
+        raise ValueError(
+            f"unknown experiment {name!r}; choose one of {list(experiments())}{did_you_mean(name, experiments())}"
+        )
     return importlib.import_module(f"icl.experiments.{name}")
 
 
@@ -69,7 +82,8 @@ def get(name: str, preset: str | None = None, **overrides: Any) -> Any:
     allowed = parameter_names(name)
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r} for {name}; choose from {sorted(allowed)}")
+        hint = did_you_mean(unknown[0], allowed)
+        raise ValueError(f"unknown parameter {unknown[0]!r} for {name}; choose from {sorted(allowed)}{hint}")
     values: dict[str, Any] = dict(module.QUICK) if preset == "quick" else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["device"] = str(resolve_device(values.get("device", "auto")))
@@ -102,13 +116,13 @@ def changes(config: Any) -> ChangesTable:
             continue
         this, reference = getattr(config, name), getattr(paper, name)
         why = module.WHY_QUICK.get(name, "") if this != reference else ""
-        rows.append((name, _show(this), _show(reference), why))
+        rows.append((name, show(this), show(reference), why))
     return ChangesTable(tuple(rows))
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     if isinstance(value, tuple):
-        return ", ".join(_show(v) for v in value)
+        return ", ".join(show(v) for v in value)
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, int):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from icl import record as icl_record
+
 ROOT = Path(__file__).resolve().parents[1]
 TOC_CHAPTERS = re.findall(r"^\s*-\s*file:\s*(book/\d\d_\S+)\s*$", (ROOT / "_toc.yml").read_text(), re.M)
 
@@ -99,6 +101,7 @@ def test_chapter_without_training_passes(chapter: str, tmp_path: Path, monkeypat
     record = json.loads((tmp_path / "out" / f"{Path(chapter).name}.json").read_text())
     assert record["passed"] and record["claim_checks"]
     assert all(c["passed"] for c in record["claim_checks"])
+    icl_record.validate(record)
     assert (tmp_path / "out" / f"{Path(chapter).name}.ipynb").exists()
 
 
@@ -110,11 +113,11 @@ def test_undertrained_chapter_fails_its_claim_check(
     process = run_chapter(chapter, tmp_path / "out", *TINY[chapter])
     assert process.returncode == 1, process.stderr[-3000:]
     assert "FAILED" in process.stdout
+    assert "%|" in process.stderr  # the chapter's training progress bars, streamed as it runs
     record = json.loads((tmp_path / "out" / f"{Path(chapter).name}.json").read_text())
     assert record["passed"] is False
     assert any(not c["passed"] for c in record["claim_checks"])
-    for key in ("schema", "preset", "config", "arrays", "run"):
-        assert key in record
+    icl_record.validate(record)  # every field of the schema, every array's shape and one name per axis
     assert record["run"]["seconds"] > 0 and record["run"]["versions"]["torch"]
     assert "elapsed_seconds" not in record["arrays"]  # one elapsed time: the run's
     assert record["config"]["train_steps"] == 5

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import icl
 from icl import chapters, cli, presets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_list_as_a_subprocess() -> None:
     process = python_m_icl("list")
     assert process.returncode == 0, process.stderr
     assert "book/01_setup_and_notation.md" in process.stdout and CHAPTER in process.stdout
-    assert "train_steps" in process.stdout and "20000" in process.stdout
+    assert "-p train_steps" in process.stdout and "20000" in process.stdout
     assert process.stderr == ""
 
 
@@ -191,13 +192,59 @@ def test_chapter_without_experiment_validates_its_parameters(tmp_path: Path) -> 
         cli.prepare(args)
 
 
-def test_list_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_shows_only_what_p_accepts_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("book/01_setup_and_notation.md")
-    quick = presets.experiment("one_step_pgd").QUICK
-    expected = ["n_seeds", "quick", str(quick.get("n_seeds", 5)), "paper", "5"]
-    assert any(line.split()[:5] == expected for line in lines)
+    chapter = lines.index(next(line for line in lines if line.startswith(CHAPTER)))
+    block = lines[chapter + 1 : chapter + 6]
+    accepted = chapters.parameters_of(chapters.read_notebook(ROOT / CHAPTER))
+    assert [line.split()[1] for line in block] == [n for n in accepted if n not in cli.RESERVED]
+    assert block[3].split() == ["-p", "train_steps", "quick", "2000", "paper", "20000"]
+    assert not any("n_seeds" in line or "batch_size" in line for line in lines)  # config fields -p rejects
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["one_step_pgd"], "did you mean 'book/02_one_step_pgd.md'?"),
+        (
+            [CHAPTER, "-p", "n_contxt=3"],
+            "unknown parameter 'n_contxt' for 02_one_step_pgd; choose from ['condition_number'",
+        ),
+        ([CHAPTER, "-p", "n_contxt=3"], "did you mean 'n_context'?"),
+        (
+            [CHAPTER, "--preset", "papr"],
+            "unknown preset 'papr'; choose one of ['quick', 'paper']; did you mean 'paper'?",
+        ),
+    ],
+)
+def test_a_misspelt_name_gets_a_suggestion(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["run", *arguments, "--out", str(tmp_path / "out")]) == cli.EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_preset_from_the_environment_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ICL_PRESET", "quik")
+    assert cli.main(["run", CHAPTER, "--out", str(tmp_path / "out")]) == cli.EXIT_BAD_INPUT
+    assert "unknown preset 'quik' (from $ICL_PRESET)" in capsys.readouterr().err
+
+
+def test_help_has_examples_exit_codes_and_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "130 interrupted" in text and "{quick,paper}" in text and ".. " not in text
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"icl {icl.__version__}"
 
 
 def test_a_tuple_parameter_reaches_the_chapter_as_a_list(tmp_path: Path) -> None:
@@ -226,3 +273,26 @@ def test_store_list_and_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert capsys.readouterr().out.splitlines()[0] == "deleted result ? (from-an-older-store.pt)"
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "results").iterdir()) == ["kept", "kept"]
     assert cli.main(["store", "prune", "--all"]) == 0 and list((tmp_path / "results").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "message"),
+    [
+        ("DeadKernelError", 1, "error: the kernel running 02_one_step_pgd died"),
+        ("KeyboardInterrupt", 130, "interrupted"),
+    ],
+)
+def test_a_dead_kernel_or_ctrl_c_ends_in_one_line(
+    failure: str, code: int, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+
+    def execute(*args, **kwargs) -> None:
+        raise DeadKernelError("Kernel died") if failure == "DeadKernelError" else KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    assert cli.main(["run", CHAPTER, "--device", "cpu", "--out", str(tmp_path / "out")]) == code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert list((tmp_path / "out").iterdir()) == []  # nothing written

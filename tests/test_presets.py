@@ -70,7 +70,7 @@ def test_configs_are_frozen_and_hashable() -> None:
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: presets.get("one_step_pgd", "huge"), r"unknown preset 'huge'; choose one of \['paper', 'quick'\]"),
+        (lambda: presets.get("one_step_pgd", "huge"), r"unknown preset 'huge'; choose one of \['quick', 'paper'\]"),
         (
             lambda: presets.get("nope", "quick"),
             r"unknown experiment 'nope'; choose one of \['distribution_shift', .*'trained_transformers_do_gd'\]",

@@ -8,12 +8,14 @@ import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from icl import chapters, record, site  # noqa: E402
 from icl.checks import ClaimChecks  # noqa: E402
@@ -40,7 +42,10 @@ def test_record_holds_preset_and_run_statistics(tmp_path: Path, monkeypatch: pyt
     assert content["run"]["seconds"] > 0 and content["run"]["peak_memory_mib"] > 10
     assert content["run"]["versions"]["torch"]
     assert json.loads((tmp_path / "02_one_step_pgd.json").read_text()) == content
-    assert content["schema"] == record.SCHEMA and "elapsed_seconds" not in content and "versions" not in content
+    assert content["schema_version"] == record.SCHEMA_VERSION and "elapsed_seconds" not in content
+    assert "versions" not in content and content["run"]["device"] == {"type": "cpu"}
+    assert content["source"]["commit"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", content["source"]["commit"])
+    record.validate(content)
     monkeypatch.delenv(record.RECORD_DIR_VARIABLE)
     with pytest.raises(ValueError, match="preset must be one of"):  # the chapter resolves its preset, once
         record.write("x", preset=None, config={}, checks=_checks(), arrays={})
@@ -133,3 +138,53 @@ def test_extension_uses_local_mathjax_only_when_present(tmp_path: Path) -> None:
     extension._use_local_mathjax(app, config)
     assert config.mathjax_path == "mathjax/tex-mml-chtml.js"
     assert config.html_static_path == [str(tmp_path / "book" / "_static")]
+
+
+class _Result(NamedTuple):
+    """A result class as the experiments write them: each field's comment gives its axes and meaning."""
+
+    losses: torch.Tensor  # (S, T) training MSE per seed and step
+    optimum: float  # the closed form
+    note: str
+
+
+def test_array_axes_come_from_the_result_fields_comments() -> None:
+    assert record.field_descriptions(_Result) == {
+        "losses": "(S, T) training MSE per seed and step",
+        "optimum": "the closed form",
+    }
+    arrays = {"losses": torch.zeros(3, 4), "optimum": 0.5, "ragged": [[1.0], [2.0, 3.0]]}
+    assert record.array_axes(arrays, record.field_descriptions(_Result)) == {
+        "losses": {"shape": [3, 4], "axes": ["S", "T"], "about": "training MSE per seed and step"},
+        "optimum": {"shape": [], "axes": [], "about": "the closed form"},
+        "ragged": {"shape": None, "axes": [], "about": ""},
+    }
+
+
+def test_validate_names_what_departs_from_the_schema() -> None:
+    content = json.loads(
+        json.dumps(
+            record.write(
+                "02_one_step_pgd",
+                preset="quick",
+                config={},
+                checks=_checks(),
+                arrays={"losses": torch.zeros(3, 4)},
+                described_by=_Result,
+            )
+        )
+    )
+    record.validate(content)
+    broken = [
+        ({"schema_version": 2}, "schema_version should be 3"),
+        ({"created": "yesterday"}, "created should be an ISO 8601 time"),
+        ({"source": {"commit": "unknown", "hash": "abc"}}, "source.hash should be a SHA-256"),
+        ({"passed": "yes"}, "passed should be bool"),
+        ({"array_axes": {}}, "array_axes should describe exactly the arrays"),
+        ({"arrays": {"losses": [[0.0] * 4] * 2}}, "its values have shape [2, 4]"),
+        ({"array_axes": {"losses": {"shape": [3, 4], "axes": ["S"]}}}, "should name each of its 2 axes"),
+        ({"claim_checks": [{"name": "x"}]}, "claim_checks[0] has no 'measured'"),
+    ]
+    for change, message in broken:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            record.validate({**content, **change})

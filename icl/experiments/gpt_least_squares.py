@@ -77,7 +77,7 @@ class GPTLeastSquaresResult(NamedTuple):
     shifted_gpt_se: torch.Tensor  # (C, S, K)
     shifted_least_squares: torch.Tensor  # (C, K)
     train_losses: torch.Tensor  # (T, S) the all-prefix training loss, every 10th step (not normalised)
-    dim: int
+    dim: int  # d
     elapsed_seconds: float
 
 

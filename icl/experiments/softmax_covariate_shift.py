@@ -80,14 +80,12 @@ class SoftmaxShiftResult(NamedTuple):
     rise_se: torch.Tensor  # (2, S, P) its standard error over the prompts (paired)
     least_squares: torch.Tensor  # (P, K) Monte Carlo, same prompts
     least_squares_se: torch.Tensor  # (P, K)
-    linear_fixed: (
-        torch.Tensor
-    )  # (P, K) exact error of Γ⁻¹ (trained on I at N), averaged over the test prompts' covariances
+    linear_fixed: torch.Tensor  # (P, K) exact error of Γ⁻¹ (trained on I at N), mean over the test covariances
     linear_random: torch.Tensor  # (P, K) the same for a·I (trained on random Exp(1) covariances at N)
     random_limit: float  # a
     train_losses: torch.Tensor  # (T, 2S) the all-prefix training loss (not normalised), every 10th step
-    n_context: int
-    dim: int
+    n_context: int  # N, the trained prompt length
+    dim: int  # d
     elapsed_seconds: float
 
 

@@ -179,8 +179,8 @@ class FullFormResult(NamedTuple):
     clipped_contexts: torch.Tensor  # (M,)
     clipped_loss: torch.Tensor  # (M, S)
     clipped_median: torch.Tensor  # (M, S)
-    n_context: int
-    spectrum: tuple[float, ...]
+    n_context: int  # n of the main run
+    spectrum: tuple[float, ...]  # (d,) the eigenvalues of Σ
     elapsed_seconds: float
 
 

@@ -167,7 +167,7 @@ class IterativeNewtonResult(NamedTuple):
     forget_lstm_z: torch.Tensor  # (M,)
     forget_newton: torch.Tensor  # (F,) Newton after 5 steps
     forget_online_gd: torch.Tensor  # (F,)
-    dim: int
+    dim: int  # d
     elapsed_seconds: float
 
 

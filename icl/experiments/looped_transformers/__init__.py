@@ -168,7 +168,7 @@ class LoopedResult(NamedTuple):
     optimal_step_size: torch.Tensor  # (K,) a*(n_context, L)
     optimal_loss: torch.Tensor  # (K,) the looped optimum's MSE
     untied_optimal_loss: torch.Tensor  # (K,) the untied optimum's MSE (L = 1: the same model)
-    untied_optimal_steps: list[list[float]]  # per L, the untied optimum's step sizes
+    untied_optimal_steps: list[list[float]]  # (K, L) per loop count L, the untied optimum's L step sizes (ragged)
     # looped models at n_context, (K, 2S): Σ = I then the rotated Σ
     whitened: torch.Tensor  # (K, 2S, d, d) Σ^{½} A Σ^{½} (symmetric part)
     whitened_distance: torch.Tensor  # (K, 2S) Dist(Σ^{½} A Σ^{½}, I)
@@ -184,18 +184,18 @@ class LoopedResult(NamedTuple):
     untied_loops: torch.Tensor  # (K₂,)
     untied_loss: torch.Tensor  # (K₂, S)
     untied_loss_se: torch.Tensor  # (K₂, S)
-    untied_scales: list[list[list[float]]]  # per L, per seed: the layers' tr(A_ℓ)/d, sorted
+    untied_scales: list[list[list[float]]]  # (K₂, S, L) per L ≥ 2, per seed: the layers' tr(A_ℓ)/d, sorted (ragged)
     # over training (main runs), (T', K, 2S)
     snapshot_steps: torch.Tensor  # (T',)
-    whitened_distance_history: torch.Tensor
-    scale_history: torch.Tensor
-    u_P_history: torch.Tensor
-    u_Q_history: torch.Tensor
+    whitened_distance_history: torch.Tensor  # (T', K, 2S) Dist(Σ^{½} A Σ^{½}, I)
+    scale_history: torch.Tensor  # (T', K, 2S) tr(Σ^{½} A Σ^{½})/d
+    u_P_history: torch.Tensor  # (T', K, 2S) ‖u_P‖
+    u_Q_history: torch.Tensor  # (T', K, 2S) ‖u_Q‖
     # the sweep over n (looped, Σ = I), (N, J, S)
     sweep_optimal_step_size: torch.Tensor  # (N, J) a*(n, L)
-    sweep_scale: torch.Tensor
-    sweep_distance: torch.Tensor
-    sweep_u_ratio: torch.Tensor  # max(‖u_P‖, ‖u_Q‖)/‖A‖_F
+    sweep_scale: torch.Tensor  # (N, J, S) tr(A)/d
+    sweep_distance: torch.Tensor  # (N, J, S) Dist(A, I)
+    sweep_u_ratio: torch.Tensor  # (N, J, S) max(‖u_P‖, ‖u_Q‖)/‖A‖_F
     # looped models at n = n_underdetermined < d on Σ = I, every L in loops
     underdetermined_optimal_step_size: torch.Tensor  # (K,) a*(n, L)
     underdetermined_optimal_loss: torch.Tensor  # (K,) the looped optimum's MSE, at least d − n

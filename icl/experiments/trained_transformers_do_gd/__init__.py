@@ -86,10 +86,10 @@ class VonOswaldGDResult(NamedTuple):
     gd_loss: float  # ½·MSE at η*, closed form
     gd_test_loss: float  # Monte Carlo, on the test prompts
     gd2_step_size: float  # two steps of one size, fitted on the validation prompts
-    gd2_test_loss: float
+    gd2_test_loss: float  # Monte Carlo, on the test prompts
     gdpp_step_size: float  # two GD++ steps of one (η, γ), fitted on the validation prompts
-    gdpp_gamma: float
-    gdpp_test_loss: float
+    gdpp_gamma: float  # γ of those two GD++ steps
+    gdpp_test_loss: float  # Monte Carlo, on the test prompts
     zero_loss: float  # ½ d σ², the zero predictor
     one_layer_loss: torch.Tensor  # (S,) ½·MSE of the trained one-layer models
     one_layer_loss_se: torch.Tensor  # (S,)
