@@ -10,6 +10,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CONDA_NAME = {"torch": "pytorch-cpu"}  # PyPI name -> conda-forge name, where they differ
@@ -95,3 +97,30 @@ dependencies:
     ]
     agreeing = environment.replace("2.12.0", "2.13.0").replace("seaborn", "tqdm").replace("0.13.2", "4.70.1")
     assert differences(pyproject, agreeing) == []
+
+
+def constraints_pins(text: str) -> dict[str, str]:
+    """``{name: version}`` of a pip constraints file; every line that is not a comment must be ``name==version``."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        entry = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)", line)
+        if entry is None:
+            raise ValueError(f"constraints.txt: {line!r} is not name==version")
+        pins[_normalise(entry[1])] = entry[2]
+    return pins
+
+
+def test_the_lock_pins_what_pyproject_pins() -> None:
+    """constraints.txt, which `make` installs with, holds every dependency of pyproject.toml (all extras) at the
+    version pyproject pins, and nothing unpinned; environment.yml agrees with pyproject (above), so with it too."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    locked = constraints_pins((ROOT / "constraints.txt").read_text())
+    wanted = {_normalise(r.partition("==")[0]): r.partition("==")[2].split(";")[0].strip() for r in requirements}
+    assert {name: locked.get(name) for name in wanted} == wanted
+    assert "icl" not in locked  # the project itself is installed from the checkout
+    with pytest.raises(ValueError, match="is not name==version"):
+        constraints_pins("numpy>=2\n")
