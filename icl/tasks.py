@@ -7,7 +7,10 @@ Shapes (the papers' letters): ``B`` prompts, ``n`` labelled context examples (qu
 - ``x_query``: (B, d), ``y_query``: (B,), ``w``: (B, d) the task vector.
 
 x = L ε with Σ = L Lᵀ and ε of i.i.d. unit-variance coordinates, Gaussian (x ~ N(0, Σ)) or uniform on
-[−√3, √3] (Σ = I/12 gives von Oswald et al.'s x ~ U(−½, ½)^d); w ~ N(0, I_d) (family D-Σ) or
+[−√3, √3] (Σ = I/12 gives von Oswald et al.'s x ~ U(−½, ½)^d); or, for Ahn et al. 2024's heavy-tailed settings,
+ε uniform on the unit sphere S^{d−1} (E‖ε‖² = 1), or ε = √G · u with u on the sphere and G ~ Gamma(shape k, scale
+θ = √(10/k)), their code's scale (kθ² = 10): E‖ε‖² = kθ is 1 at k = 0.1, and k = 2.5 makes G ~ χ²₅, the squared
+radius of N(0, I₅). w ~ N(0, I_d) (family D-Σ) or
 w ~ N(0, Σ⁻¹) (D-distorted); y = ⟨w, x⟩ + σ·ε.
 Every sampler takes a keyword-only ``generator`` and draws on its device.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 
 from icl.config import finite_float, positive_int, square_matrix
@@ -24,8 +28,8 @@ from icl.rng import streams
 
 TaskPrior = Literal["identity", "inverse_covariance"]
 TASK_PRIORS: tuple[str, ...] = ("identity", "inverse_covariance")
-CovariateLaw = Literal["gaussian", "uniform"]
-COVARIATE_LAWS: tuple[str, ...] = ("gaussian", "uniform")
+CovariateLaw = Literal["gaussian", "uniform", "sphere", "gamma"]
+COVARIATE_LAWS: tuple[str, ...] = ("gaussian", "uniform", "sphere", "gamma")
 
 
 class RegressionBatch(NamedTuple):
@@ -152,6 +156,7 @@ def sample_regression(
     generator: torch.Generator,
     task_prior: TaskPrior = "identity",
     covariate_law: CovariateLaw = "gaussian",
+    gamma_shape: float = 0.1,
     noise_std: float = 0.0,
     dtype: torch.dtype = torch.float32,
 ) -> RegressionBatch:
@@ -164,6 +169,7 @@ def sample_regression(
     n_prompts = positive_int("n_prompts", n_prompts)
     n_context = positive_int("n_context", n_context)
     noise_std = finite_float("noise_std", noise_std, minimum=0.0)
+    gamma_shape = finite_float("gamma_shape", gamma_shape, minimum=0.0, strict=True)
     if task_prior not in TASK_PRIORS:
         raise ValueError(f"unknown task_prior {task_prior!r}; choose one of {sorted(TASK_PRIORS)}")
     if covariate_law not in COVARIATE_LAWS:
@@ -179,8 +185,10 @@ def sample_regression(
     shape = (*lead, n_prompts, n_context + 1, dim)
     if covariate_law == "gaussian":
         raw = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    else:  # uniform on [−√3, √3]: mean 0, variance 1
+    elif covariate_law == "uniform":  # on [−√3, √3]: mean 0, variance 1
         raw = torch.rand(shape, generator=generator, device=device, dtype=dtype).sub_(0.5).mul_(2 * 3**0.5)
+    else:
+        raw = sphere_or_gamma(shape, covariate_law, gamma_shape, generator=generator, dtype=dtype)
     w = torch.randn(*lead, n_prompts, dim, generator=generator, device=device, dtype=dtype)
     if task_prior == "inverse_covariance":
         # w = L⁻ᵀ ε  <=>  Lᵀ w = ε: one triangular solve per family, the B task vectors as its columns
@@ -201,6 +209,23 @@ def sample_regression(
         y_query=rows[..., n_context, dim],
         w=w,
     )
+
+
+def sphere_or_gamma(
+    shape: tuple[int, ...], law: str, gamma_shape: float, *, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
+    """Vectors along the last axis of ``shape``: uniform on the unit sphere (``law="sphere"``), or that times √G with
+    G ~ Gamma(k = ``gamma_shape``, θ = √(10/k)) drawn once per vector (``"gamma"``; Ahn et al. 2024's Setting 3).
+
+    torch draws no Gamma variates on a given generator, so G is drawn by NumPy from a seed taken from ``generator``:
+    the same generator state gives the same vectors."""
+    direction = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    if law == "sphere":
+        return direction
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    radius2 = np.random.default_rng(seed).gamma(gamma_shape, math.sqrt(10 / gamma_shape), size=shape[:-1])
+    return direction * torch.from_numpy(radius2).sqrt().to(device=generator.device, dtype=dtype).unsqueeze(-1)
 
 
 def sample_random_diagonal_regression(

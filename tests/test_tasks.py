@@ -287,3 +287,45 @@ def test_restrict_dimensions_zeroes_the_trailing_coordinates_and_keeps_the_noise
     torch.testing.assert_close(tasks.restrict_dimensions(batch, 4).y, batch.y)
     with pytest.raises(ValueError, match="active"):
         tasks.restrict_dimensions(batch, 5)
+
+
+@pytest.mark.parametrize(
+    ("law", "shape", "mean", "variance"),
+    [
+        ("gaussian", 0.1, 5.0, 10.0),  # ‖x‖² ~ χ²₅
+        ("gamma", 0.1, 1.0, 10.0),  # G ~ Gamma(k, θ = √(10/k)): mean kθ = √(10k), variance kθ² = 10 (Ahn et al. 2024)
+        ("gamma", 2.5, 5.0, 10.0),  # k = 2.5: θ = 2, G ~ χ²₅, the Gaussian's squared radius
+    ],
+)
+def test_squared_norm_moments_of_ahn_2024_covariates(law: str, shape: float, mean: float, variance: float) -> None:
+    batch = tasks.sample_regression(
+        20_000, 20, torch.eye(5), generator=torch.Generator().manual_seed(3), covariate_law=law, gamma_shape=shape
+    )
+    squared = torch.cat([batch.X, batch.x_query.unsqueeze(1)], 1).double().pow(2).sum(-1).flatten()  # 420,000 draws
+    standard_error = (variance / squared.numel()) ** 0.5
+    assert abs(squared.mean().item() - mean) < 5 * standard_error
+    assert abs(squared.var().item() - variance) < 0.1 * variance  # the fourth moment is heavy: a loose bar
+
+
+def test_sphere_covariates_have_unit_norm_and_gamma_a_heavy_tail() -> None:
+    generator = torch.Generator().manual_seed(4)
+    sphere = tasks.sample_regression(2000, 20, torch.eye(5), generator=generator, covariate_law="sphere")
+    torch.testing.assert_close(sphere.X.norm(dim=-1), torch.ones(2000, 20))
+    norms = {}
+    for law in ("gaussian", "gamma"):
+        batch = tasks.sample_regression(20_000, 20, torch.eye(5), generator=generator, covariate_law=law)
+        squared = batch.X.pow(2).sum(-1).flatten()[:200_000]
+        norms[law] = (torch.quantile(squared, 0.99) / torch.quantile(squared, 0.5)).item()
+    # χ²₅: q99/q50 = 15.09/4.35 = 3.5; Gamma(0.1): most of its mass sits near 0, so the ratio is in the thousands.
+    assert 3.2 < norms["gaussian"] < 3.8 and norms["gamma"] > 100
+
+
+def test_gamma_covariates_are_reproducible_and_validated() -> None:
+    draw = lambda seed: tasks.sample_regression(  # noqa: E731
+        10, 4, torch.eye(3), generator=torch.Generator().manual_seed(seed), covariate_law="gamma"
+    )
+    assert torch.equal(draw(5).X, draw(5).X) and not torch.equal(draw(5).X, draw(6).X)
+    with pytest.raises(ValueError, match="gamma_shape"):
+        tasks.sample_regression(
+            10, 4, torch.eye(3), generator=torch.Generator(), covariate_law="gamma", gamma_shape=0.0
+        )
