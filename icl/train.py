@@ -23,12 +23,14 @@ from tqdm import tqdm
 
 from icl import store
 from icl.config import finite_float, one_of, positive_int
+from icl.optimisers import MemberwiseOptimiser
 from icl.store import atomic_torch_save
 from icl.tasks import RegressionBatch, restrict_dimensions, truncate_prompts
 from icl.tokens import read_out, to_tokens
 
 PromptSampler = Callable[[torch.Generator], RegressionBatch]
 OPTIMISERS: tuple[str, ...] = ("adam", "sgd")
+CLIP_SCOPES: tuple[str, ...] = ("parameter", "global")
 """Draws one training batch: X (E, B, n, d), y (E, B, n), x_query (E, B, d), y_query (E, B)."""
 Objective = Callable[[torch.nn.Module, RegressionBatch], torch.Tensor]
 """A model's training loss on a batch, one value per ensemble member: (E,)."""
@@ -50,8 +52,14 @@ class TrainConfig:
     final_learning_rate_fraction: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     checkpoint_every: int = 500
-    clip_norm: float | None = None  # per model and parameter: each (E, ...) slice's gradient norm capped here
-    optimiser: str = "adam"  # "adam", or "sgd": plain stochastic gradient descent (``betas`` unused)
+    clip_norm: float | None = None  # each member's gradient norm capped here, per parameter or globally (clip_scope)
+    clip_scope: str = "parameter"  # "parameter": each (E, ...) slice on its own; "global": all of a member's at once
+    optimiser: str = "adam"  # "adam", or "sgd": stochastic gradient descent (``betas`` unused), with ``momentum``
+    momentum: float = 0.0  # SGD's heavy-ball momentum (PyTorch's convention, no dampening)
+    # Members that train differently, side by side (icl.optimisers): one rule ("adam" or "sgd") and one learning rate
+    # per member; the schedule scales each member's rate as it scales ``learning_rate``.
+    member_optimisers: tuple[str, ...] | None = None
+    member_learning_rates: tuple[float, ...] | None = None
     # Garg et al.'s curriculum on the dimension: with ``curriculum_start_dim`` set, step t trains on x with only its
     # first curriculum_start_dim + t // curriculum_every coordinates non-zero (tasks.restrict_dimensions), up to all.
     curriculum_start_dim: int | None = None
@@ -70,6 +78,20 @@ class TrainConfig:
         positive_int("checkpoint_every", self.checkpoint_every)
         if self.clip_norm is not None:
             finite_float("clip_norm", self.clip_norm, minimum=0.0, strict=True)
+        one_of("clip_scope", self.clip_scope, CLIP_SCOPES)
+        momentum = finite_float("momentum", self.momentum, minimum=0.0)
+        if momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        for i, rule in enumerate(self.member_optimisers or ()):
+            one_of(f"member_optimisers[{i}]", rule, OPTIMISERS)
+        for i, rate in enumerate(self.member_learning_rates or ()):
+            finite_float(f"member_learning_rates[{i}]", rate, minimum=0.0, strict=True)
+        members = {len(v) for v in (self.member_optimisers, self.member_learning_rates) if v is not None}
+        if len(members) > 1:
+            raise ValueError(
+                "member_optimisers and member_learning_rates must have one entry per member each, got "
+                f"{len(self.member_optimisers or ())} and {len(self.member_learning_rates or ())}"
+            )
         if self.curriculum_start_dim is not None:
             positive_int("curriculum_start_dim", self.curriculum_start_dim)
         positive_int("curriculum_every", self.curriculum_every)
@@ -133,10 +155,7 @@ def train(
     step writes one too, so resuming a finished run returns at once; the caller deletes it once the
     result is safe elsewhere (:func:`fit_cached` does, after the store has it).
     """
-    if config.optimiser == "sgd":  # the loss sums the members' MSEs, so each member's step is its own
-        optimiser: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
-    else:
-        optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
+    optimiser = _optimiser(model, config)
     if snapshot_every is not None:
         snapshot_every = positive_int("snapshot_every", snapshot_every)
 
@@ -188,7 +207,8 @@ def train(
         optimiser.zero_grad(set_to_none=True)
         per_model.sum().backward()
         if config.clip_norm is not None:
-            _clip_per_model_(model, config.clip_norm)
+            clip = _clip_per_model_ if config.clip_scope == "parameter" else _clip_global_per_model_
+            clip(model, config.clip_norm)
         optimiser.step()
         if losses is None:
             losses = torch.empty((config.steps, *per_model.shape), dtype=per_model.dtype, device=per_model.device)
@@ -230,6 +250,40 @@ def _check_finite(losses: torch.Tensor, *, start: int, done: int, description: s
         f"{description}: the training loss of ensemble member(s) {members} became NaN or infinite at step {first + 1} "
         f"(checked at step {done}); lower the learning rate or tighten the gradient clip"
     )
+
+
+def _optimiser(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The loss sums the members' MSEs, so with an elementwise rule each member's step is its own."""
+    if config.member_optimisers is None and config.member_learning_rates is None:
+        if config.optimiser == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
+        return torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=config.betas)
+    members = len(config.member_optimisers or config.member_learning_rates or ())
+    ensemble = next(model.parameters()).shape[0]
+    if members != ensemble:
+        raise ValueError(f"member_optimisers / member_learning_rates have {members} entries for {ensemble} members")
+    rates = config.member_learning_rates or (config.learning_rate,) * members
+    return MemberwiseOptimiser(
+        model.parameters(),
+        lr=config.learning_rate,
+        rules=config.member_optimisers or (config.optimiser,) * members,
+        scales=[rate / config.learning_rate for rate in rates],
+        betas=config.betas,
+        momentum=config.momentum,
+    )
+
+
+@torch.no_grad()
+def _clip_global_per_model_(model: torch.nn.Module, max_norm: float) -> None:
+    """Scale all of each member's gradients by one factor so that their joint norm is at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_`` does for one model (the same 1e-6 guard); members stay independent."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (E,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.mul_(scale.reshape(-1, *([1] * (grad.ndim - 1))))
 
 
 @torch.no_grad()
