@@ -688,3 +688,43 @@ def test_query_weights_need_one_layer() -> None:
     b = prompts(E=1)
     with pytest.raises(ValueError, match="one-layer"):
         model.query_weights(b.X, b.y)
+
+
+def test_the_twice_differentiable_layer_is_the_same_function() -> None:
+    from icl.models.linear import attention_layer, lsa_layer
+
+    generator = torch.Generator().manual_seed(0)
+    Z = torch.randn(2, 7, 4, 9, generator=generator, dtype=torch.float64)
+    P, Q = torch.randn(2, 2, 4, 4, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(attention_layer(Z, P, Q), lsa_layer(Z, P, Q))
+    fast = LinearTransformer(3, 3, parameterisation="eleven", n_models=2, generator=torch.Generator().manual_seed(1))
+    plain = LinearTransformer(
+        3,
+        3,
+        parameterisation="eleven",
+        n_models=2,
+        generator=torch.Generator().manual_seed(1),
+        twice_differentiable=True,
+    )
+    torch.testing.assert_close(plain(Z.float()), fast(Z.float()))
+
+
+def test_softmax_attention_normalises_over_every_key_then_masks_the_query() -> None:
+    """Ahn et al. 2024's code: z_j ← z_j + (1/n) Σ_{i < n+1} softmax_i(z_iᵀ Q z_j) P z_i, the softmax taken over all
+    n + 1 keys (the query's own among them), written out token by token."""
+    from icl.models.linear import attention_layer
+
+    generator = torch.Generator().manual_seed(2)
+    Z = torch.randn(1, 1, 4, 9, generator=generator, dtype=torch.float64)
+    P, Q = torch.randn(2, 1, 4, 4, generator=generator, dtype=torch.float64)
+    z, n = Z[0, 0], 8
+    scores = z.mT @ Q[0] @ z  # (n+1, n+1): [i, j] = z_iᵀ Q z_j
+    weights = torch.softmax(scores, dim=0)
+    expected = torch.stack(
+        [z[:, j] + sum(weights[i, j] * (P[0] @ z[:, i]) for i in range(n)) / n for j in range(n + 1)], dim=1
+    )
+    torch.testing.assert_close(attention_layer(Z, P, Q, "softmax")[0, 0], expected)
+    with pytest.raises(ValueError, match="attention"):
+        LinearTransformer(3, 1, attention="relu", generator=torch.Generator())
+    with pytest.raises(ValueError, match="softmax"):
+        LinearTransformer(3, 1, parameterisation="sparse", attention="softmax", generator=torch.Generator())

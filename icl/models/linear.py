@@ -34,6 +34,7 @@ from icl.tokens import read_out, to_tokens
 
 Parameterisation = Literal["full", "sparse", "eleven", "sparse_u"]
 PARAMETERISATIONS: tuple[str, ...] = ("full", "sparse", "eleven", "sparse_u")
+ATTENTIONS: tuple[str, ...] = ("linear", "softmax")
 
 
 def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,26 @@ def lsa_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor
     """
     rows = Z.mT.contiguous()  # (E, B, n+1, d+1): tokens as rows; a no-op for to_tokens' layout
     return _LSALayer.apply(rows, P, Q).mT
+
+
+def attention_layer(Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, attention: str = "linear") -> torch.Tensor:
+    """One residual layer in plain, twice-differentiable PyTorch (Hessians, Hessian-vector products): the same
+    function as :func:`lsa_layer` for ``attention="linear"``; ``"softmax"`` is Ahn et al. 2024's softmax attention
+    as their code computes it: each token's scores s_ij = z_iᵀ Q z_j over all n + 1 keys i, the query's own
+    included, go through a softmax over i, and only then is the query's key masked out and the sum divided by n:
+
+        z_j ← z_j + (1/n) Σ_{i ≤ n} softmax_i(s_ij) P z_i.
+
+    Z: (E, B, d+1, n+1); P, Q: (E, d+1, d+1)."""
+    rows = Z.mT  # (E, B, n+1, d+1)
+    n = rows.shape[-2] - 1
+    context = rows[..., :n, :]
+    P, Q = P.unsqueeze(1), Q.unsqueeze(1)  # (E, 1, d+1, d+1): one pair per member, shared by its prompts
+    if attention == "linear":  # r_j += (1/n) Σ_i (r_i Q r_jᵀ) r_i Pᵀ = r_j Qᵀ (Σ_i r_iᵀ r_i) Pᵀ / n
+        kernel = Q.mT @ (context.mT @ context) @ P.mT / n
+        return (rows + rows @ kernel).mT
+    weights = torch.softmax(rows @ Q @ rows.mT, dim=-2)  # (E, B, n+1 keys i, n+1 receivers j)
+    return (rows + weights[..., :n, :].mT @ (context @ P.mT) / n).mT
 
 
 class _LSALayer(torch.autograd.Function):
@@ -143,6 +164,9 @@ class LinearTransformer(nn.Module):
 
     Entries start i.i.d. N(0, init_std²) from ``generator`` (required: no global seed).
 
+    ``attention="softmax"`` (full and eleven forms) swaps linear for softmax attention (:func:`attention_layer`);
+    ``twice_differentiable=True`` computes linear attention in plain PyTorch, slower but differentiable twice.
+
     ``loop_counts`` (looped models only, one count per model) lets the members of one ensemble loop a different
     number of times: member e applies its layer loop_counts[e] times and then passes Z through unchanged, so an
     ensemble can train the values of L of a sweep side by side, exactly as separate runs would (n_layers must be
@@ -161,8 +185,15 @@ class LinearTransformer(nn.Module):
         generator: torch.Generator,
         dtype: torch.dtype = torch.float32,
         loop_counts: tuple[int, ...] | None = None,
+        attention: str = "linear",
+        twice_differentiable: bool = False,
     ) -> None:
         super().__init__()
+        self.attention = one_of("attention", attention, ATTENTIONS)
+        # The fast layer's backward is written out and not differentiable again; Hessians need the plain one.
+        self.twice_differentiable = bool(twice_differentiable) or self.attention != "linear"
+        if self.attention != "linear" and parameterisation in ("sparse", "sparse_u"):
+            raise ValueError(f"attention={attention!r} needs the full or eleven form, not {parameterisation!r}")
         self.dim = positive_int("dim", dim)
         self.n_layers = positive_int("n_layers", n_layers)
         self.parameterisation = one_of("parameterisation", parameterisation, PARAMETERISATIONS)
@@ -243,7 +274,10 @@ class LinearTransformer(nn.Module):
             P, Q = self.weights()
             for layer in range(self.n_layers):
                 index = 0 if self.looped else layer
-                updated = lsa_layer(Z, P[:, index], Q[:, index])
+                if self.twice_differentiable:
+                    updated = attention_layer(Z, P[:, index], Q[:, index], self.attention)
+                else:
+                    updated = lsa_layer(Z, P[:, index], Q[:, index])
                 Z = updated if self.loop_counts is None else _where_active(self.loop_counts > layer, updated, Z)
         return Z.squeeze(0) if squeeze else Z
 
