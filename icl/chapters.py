@@ -123,6 +123,14 @@ CHAPTERS: dict[str, Chapter] = {
             "exponentially growing number of GD steps; an LSTM forgets, the GPT does not; at this scale the level of "
             "similarity does not separate Newton from GD, nor does training on κ = 100",
         ),
+        Chapter(
+            "13_adam_beats_sgd",
+            "Adam against SGD on a linear transformer",
+            "adam_beats_sgd",
+            "Ahn, Cheng, Song, Yun, Jadbabaie, Sra 2024 Fig. 2, Fig. 6",
+            "from the same start on the same prompts, Adam ends far below SGD with momentum; heavy-tailed gradient "
+            "noise, better conditioning and less curvature along Adam's path, curvature growing with the gradient",
+        ),
     )
 }
 

@@ -74,6 +74,7 @@ TINY = {
     "book/10_gpt_least_squares": ["-p", "train_steps=5", "-p", "dim=3", "-p", "n_test=256"],
     "book/11_softmax_covariate_shift": ["-p", "train_steps=5", "-p", "n_context=6", "-p", "max_context=12"],
     "book/12_iterative_newton": ["-p", "train_steps=5", "-p", "n_probe=600", "-p", "n_test=200"],
+    "book/13_adam_beats_sgd": ["-p", "train_steps=5", "-p", "settings=('gaussian',)", "-p", "n_layers=2"],
 }
 
 pytestmark = pytest.mark.notebooks

@@ -73,7 +73,7 @@ def test_configs_are_frozen_and_hashable() -> None:
         (lambda: presets.get("one_step_pgd", "huge"), r"unknown preset 'huge'; choose one of \['quick', 'paper'\]"),
         (
             lambda: presets.get("nope", "quick"),
-            r"unknown experiment 'nope'; choose one of \['distribution_shift', .*'trained_transformers_do_gd'\]",
+            r"unknown experiment 'nope'; choose one of \['adam_beats_sgd', .*'trained_transformers_do_gd'\]",
         ),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=5), r"unknown parameter 'n_ctx' for one_step_pgd"),
         (lambda: presets.get("one_step_pgd", "quick", n_ctx=None), r"unknown parameter 'n_ctx'"),
