@@ -37,6 +37,11 @@ class Setting(NamedTuple):
     covariate_law: str
     learning_rates: tuple[float, float]
 
+    def zero_loss(self, dim: int) -> float:
+        """The zero predictor's MSE, E y² = E‖x‖² (w ~ N(0, I)): d for Gaussian x, 1 on the sphere and 1 for the
+        Gamma radius at the authors' scale (k = 0.1: E G = √(10k))."""
+        return float(dim) if self.covariate_law == "gaussian" else 1.0
+
 
 SETTINGS: dict[str, Setting] = {
     "gaussian": Setting("Setting 1: x ~ N(0, I), n = 20", 20, "gaussian", (0.02, 0.02)),

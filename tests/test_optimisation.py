@@ -78,3 +78,15 @@ def test_a_second_measure_comes_from_the_store(measured, monkeypatch: pytest.Mon
 def test_bad_run_settings_are_named(changes: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         optimisation.RunConfig(**changes)
+
+
+def test_the_zero_predictors_loss_is_e_y_squared() -> None:
+    """E y² = E‖x‖² for w ~ N(0, I): compared with a large sample of each setting's prompts."""
+    from icl import tasks
+
+    for name, setting in optimisation.SETTINGS.items():
+        batch = tasks.sample_regression(
+            50_000, 1, torch.eye(5), generator=torch.Generator().manual_seed(0), covariate_law=setting.covariate_law
+        )
+        sample = batch.y_query.double().pow(2)
+        assert abs(sample.mean().item() - setting.zero_loss(5)) < 5 * sample.std().item() / 50_000**0.5, name
