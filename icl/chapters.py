@@ -6,11 +6,12 @@ What a chapter leaves behind when it runs (claim checks, config, key arrays, run
 from __future__ import annotations
 
 import ast
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from icl.config import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,7 @@ def chapter_of(path: str | os.PathLike[str]) -> Chapter:
     file or an unknown chapter."""
     path = chapter_file(path)
     if path.suffix != ".md" or path.stem not in CHAPTERS:
-        close = difflib.get_close_matches(path.stem, list(CHAPTERS), n=1)
-        hint = f"; did you mean 'book/{close[0]}.md'?" if close else ""
+        hint = did_you_mean(f"book/{path.stem}.md", [f"book/{s}.md" for s in CHAPTERS])
         raise ValueError(f"unknown chapter {str(path)!r}; choose one of {[f'book/{s}.md' for s in CHAPTERS]}{hint}")
     if not path.is_file():
         raise ValueError(f"chapter file {str(path)!r} does not exist")

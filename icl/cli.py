@@ -27,7 +27,7 @@ from typing import Any
 
 from icl import __version__, chapters, presets, record, store
 from icl.checks import ClaimCheckFailed
-from icl.config import positive_int
+from icl.config import did_you_mean, positive_int
 from icl.device import resolve_device
 from icl.store import atomic_write_text
 
@@ -82,7 +82,7 @@ def prepare(args: argparse.Namespace) -> tuple[chapters.Chapter, Any, dict[str, 
             accepted = sorted(set(defaults) - set(RESERVED))
             raise ValueError(
                 f"unknown parameter {unknown[0]!r} for {chapter.slug}; choose from {accepted}"
-                f"{presets.did_you_mean(unknown[0], accepted)}"
+                f"{did_you_mean(unknown[0], accepted)}"
             )
         for reserved in RESERVED:
             if reserved in overrides:

@@ -6,9 +6,10 @@ so that bad input fails before any work starts (``assert`` would vanish under ``
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +57,14 @@ def positive_float_tuple(name: str, value: object) -> tuple[float, ...]:
 def one_of(name: str, value: object, allowed: Sequence[str]) -> str:
     """Return ``value`` if it is one of the ``allowed`` strings."""
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(allowed)}")
+        raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(allowed)}{did_you_mean(value, allowed)}")
     return str(value)
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to a misspelt ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def square_matrix(name: str, matrix: object) -> torch.Tensor:

@@ -42,12 +42,20 @@ def directional_smoothness(
 ) -> torch.Tensor:
     """uᵀ ∇²f u / ‖u‖² for each member along its own ``direction`` u (tensors shaped like ``params``): (E,). Ahn et al.
     take u = x_{t+1} − x_t, the step just taken: the curvature the optimiser met."""
+    return gradient_and_smoothness(losses, params, direction)[1]
+
+
+def gradient_and_smoothness(
+    losses: Losses, params: Sequence[torch.Tensor], direction: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each member's gradient (E, P) and its :func:`directional_smoothness` (E,), from one gradient and one
+    Hessian-vector product."""
     params = list(params)
     gradient = torch.autograd.grad(losses().sum(), params, create_graph=True)
     along = sum((g * u).sum() for g, u in zip(gradient, direction, strict=True))  # Σ_e g_eᵀ u_e
     curvature = _flat(torch.autograd.grad(along, params))  # (E, P): H_e u_e
     u = _flat(direction)
-    return (u * curvature).sum(1) / (u * u).sum(1)
+    return _flat(gradient).detach(), (u * curvature).sum(1) / (u * u).sum(1)
 
 
 def robust_condition_number(values: torch.Tensor) -> torch.Tensor:

@@ -100,23 +100,32 @@ class RunConfig:
         return f"{self.setting}-L{self.n_layers}-{self.attention}"
 
 
-def model(config: RunConfig, *, twice_differentiable: bool = False) -> LinearTransformer:
-    """The untrained ensemble: S initialisations, each shared by its SGD and its Adam member. (E = 2S, ...)"""
+def model(config: RunConfig, *, twice_differentiable: bool = False, paired: bool = True) -> LinearTransformer:
+    """The untrained ensemble: S initialisations, each shared by its SGD and its Adam member, (E = 2S, ...); with
+    ``paired=False`` the S initialisations alone, (S, ...)."""
     S = config.n_seeds
-    ensemble = LinearTransformer(
-        config.dim,
-        config.n_layers,
-        parameterisation="eleven",
-        n_models=2 * S,
-        init_std=config.init_std,
-        generator=rng.streams(config.seed, config.device, part=_part_index(config)).init,
-        attention=config.attention,
-        twice_differentiable=twice_differentiable,
-    )
+
+    def build(n_models: int, generator: torch.Generator) -> LinearTransformer:
+        return LinearTransformer(
+            config.dim,
+            config.n_layers,
+            parameterisation="eleven",
+            n_models=n_models,
+            init_std=config.init_std,
+            generator=generator,
+            attention=config.attention,
+            twice_differentiable=twice_differentiable,
+        )
+
+    ensemble = build(2 * S, rng.streams(config.seed, config.device, part=_part_index(config)).init)
     with torch.no_grad():
         for parameter in ensemble.parameters():
             parameter[S:] = parameter[:S]
-    return ensemble
+    if paired:
+        return ensemble
+    starts = build(S, torch.Generator(device=config.device))  # its own draws are replaced at once
+    starts.load_state_dict({name: value[:S] for name, value in ensemble.state_dict().items()})
+    return starts
 
 
 def _part_index(config: RunConfig) -> int:
@@ -192,6 +201,7 @@ class Measures:
 def measure(config: RunConfig, measures: Measures, *, progress: bool = True) -> dict[str, torch.Tensor]:
     """The landscape of the trained run (stored, so a chapter's rerun costs seconds):
 
+    - ``training_loss`` (steps, E): MSE on each step's fresh prompts;
     - ``test_steps`` (T₁,), ``test_loss`` (T₁, E): MSE on one fixed batch (its own stream);
     - ``smoothness_steps`` (T₂,), ``smoothness`` (T₂, E): (x_{t+1} − x_t)ᵀ ∇²f(x_t) (x_{t+1} − x_t) / ‖x_{t+1} − x_t‖²
       on that batch, and ``gradient_norm`` (T₂, E): ‖∇f(x_t)‖;
@@ -210,7 +220,6 @@ def _measure(config: RunConfig, measures: Measures, hessian_steps: list[int], pr
     every = config.snapshot_every
     saved = result.snapshot_steps.tolist()
     probe = model(config, twice_differentiable=True)
-    names = [name for name, _ in probe.named_parameters()]
     streams = rng.streams(config.seed, config.device, part=_part_index(config))
     test = sample(config, measures.n_test, streams.eval)
     small = tasks.RegressionBatch(*(t[:, : measures.hessian_prompts] for t in test))
@@ -240,8 +249,9 @@ def _measure(config: RunConfig, measures: Measures, hessian_steps: list[int], pr
         after = [p.detach().clone() for p in params]
         at(step)
         direction = [a - p.detach() for a, p in zip(after, params, strict=True)]
-        smoothness.append(curvature.directional_smoothness(losses_on(test), params, direction))
-        gradient_norm.append(curvature.member_gradients(losses_on(test), params).norm(dim=1))
+        gradient, along = curvature.gradient_and_smoothness(losses_on(test), params, direction)
+        smoothness.append(along)
+        gradient_norm.append(gradient.norm(dim=1))
     eigen, diagonal = [], []
     for step in _bar(hessian_steps, progress, f"{config.part}: Hessians"):
         at(step)
@@ -250,16 +260,17 @@ def _measure(config: RunConfig, measures: Measures, hessian_steps: list[int], pr
         )
         eigen.append(by_eigenvalues)
         diagonal.append(by_diagonal)
+    rows = lambda values: torch.stack(values).double().cpu() if values else torch.empty(0, 2 * config.n_seeds)  # noqa: E731
     return {
-        "names": names,
+        "training_loss": result.losses.double().cpu(),
         "test_steps": torch.tensor(test_steps),
-        "test_loss": torch.stack(test_loss).double().cpu(),
+        "test_loss": rows(test_loss),
         "smoothness_steps": torch.tensor(smooth_steps),
-        "smoothness": torch.stack(smoothness).double().cpu() if smoothness else torch.empty(0, 2 * config.n_seeds),
-        "gradient_norm": torch.stack(gradient_norm).double().cpu() if gradient_norm else torch.empty(0),
+        "smoothness": rows(smoothness),
+        "gradient_norm": rows(gradient_norm),
         "hessian_steps": torch.tensor(hessian_steps),
-        "condition_eigen": torch.stack(eigen).cpu() if eigen else torch.empty(0),
-        "condition_diagonal": torch.stack(diagonal).double().cpu() if diagonal else torch.empty(0),
+        "condition_eigen": rows(eigen),
+        "condition_diagonal": rows(diagonal),
         "noise": gradient_noise(config, measures, progress=progress),
     }
 
@@ -267,18 +278,14 @@ def _measure(config: RunConfig, measures: Measures, hessian_steps: list[int], pr
 def gradient_noise(config: RunConfig, measures: Measures, *, progress: bool = True) -> torch.Tensor:
     """‖g_B − g‖ at every seed's initialisation (the paper note's recipe): g on ``noise_full_batch`` fresh prompts (in
     chunks of ``batch_size``), then ``noise_samples`` minibatch gradients g_B of ``batch_size`` prompts. -> (K, S)."""
-    S = config.n_seeds
-    start = model(config, twice_differentiable=False)
+    start = model(config, paired=False)
     params = list(start.parameters())
     generator = rng.streams(config.seed, config.device, part=100 + _part_index(config)).eval
 
     def gradient(size: int) -> torch.Tensor:
         batch = sample(config, size, generator, paired=False)
-        X, y, q = (torch.cat([t, t]) for t in (batch.X, batch.y, batch.x_query))  # the SGD members hold the inits
-        targets = torch.cat([batch.y_query, batch.y_query])
-        return curvature.member_gradients(lambda: ((start.predict(X, y, q) - targets) ** 2).mean(-1), params)[
-            :S
-        ].double()
+        losses = lambda: ((start.predict(batch.X, batch.y, batch.x_query) - batch.y_query) ** 2).mean(-1)  # noqa: E731
+        return curvature.member_gradients(losses, params).double()
 
     chunks = math.ceil(measures.noise_full_batch / config.batch_size)
     full = sum(gradient(config.batch_size) for _ in range(chunks)) / chunks

@@ -15,15 +15,14 @@ This module finds experiments by name; it imports none of them itself.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import os
 import pkgutil
-from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from icl.config import did_you_mean
 from icl.device import resolve_device
 
 PRESET_NAMES: tuple[str, ...] = ("quick", "paper")
@@ -35,16 +34,9 @@ def resolve(preset: str | None) -> str:
     if preset is None:
         preset, source = os.environ.get("ICL_PRESET") or "quick", " (from $ICL_PRESET)"
     if preset not in PRESET_NAMES:
-        raise ValueError(
-            f"unknown preset {preset!r}{source}; choose one of {list(PRESET_NAMES)}{did_you_mean(preset, PRESET_NAMES)}"
-        )
+        hint = did_you_mean(preset, PRESET_NAMES)
+        raise ValueError(f"unknown preset {preset!r}{source}; choose one of {list(PRESET_NAMES)}{hint}")
     return preset
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the choice closest to a misspelt ``name``, or ``""`` when none is close."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def experiments() -> tuple[str, ...]:
@@ -57,9 +49,8 @@ def experiments() -> tuple[str, ...]:
 def experiment(name: str) -> ModuleType:
     """The experiment module ``name``; an unknown name fails with the list of known ones."""
     if name not in experiments():
-        raise ValueError(
-            f"unknown experiment {name!r}; choose one of {list(experiments())}{did_you_mean(name, experiments())}"
-        )
+        hint = did_you_mean(name, experiments())
+        raise ValueError(f"unknown experiment {name!r}; choose one of {list(experiments())}{hint}")
     return importlib.import_module(f"icl.experiments.{name}")
 
 

@@ -91,3 +91,11 @@ def test_the_transformers_hessian_is_symmetric_and_matches_finite_differences(at
     down = curvature.member_gradients(losses, params)
     flat[owner][:, index] += step
     torch.testing.assert_close(hessians[:, :, k], (up - down) / (2 * step), rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_and_smoothness_come_together() -> None:
+    losses, theta, A, b, _ = quadratic()
+    u = torch.randn(E, 2, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    gradient, smoothness = curvature.gradient_and_smoothness(losses, [theta], [u])
+    torch.testing.assert_close(gradient, curvature.member_gradients(losses, [theta]))
+    torch.testing.assert_close(smoothness, curvature.directional_smoothness(losses, [theta], [u]))

@@ -90,3 +90,11 @@ def test_the_zero_predictors_loss_is_e_y_squared() -> None:
         )
         sample = batch.y_query.double().pow(2)
         assert abs(sample.mean().item() - setting.zero_loss(5)) < 5 * sample.std().item() / 50_000**0.5, name
+
+
+def test_the_unpaired_starts_are_the_paired_ensembles_first_half() -> None:
+    config = optimisation.RunConfig(**TINY)
+    paired, starts = optimisation.model(config), optimisation.model(config, paired=False)
+    assert starts.n_models == config.n_seeds
+    for name, value in starts.state_dict().items():
+        assert torch.equal(value, paired.state_dict()[name][: config.n_seeds]), name

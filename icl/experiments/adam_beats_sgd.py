@@ -137,11 +137,7 @@ class AdamBeatsSGDResult(NamedTuple):
 def run(config: AdamBeatsSGDConfig, *, progress: bool = True) -> AdamBeatsSGDResult:
     """Train (or load) every setting's ensemble and measure its landscape."""
     start = time.perf_counter()
-    measured, losses = [], []
-    for setting in config.settings:
-        run_config = config.run(setting)
-        measured.append(optimisation.measure(run_config, config.measures(), progress=progress))
-        losses.append(optimisation.trained(run_config, progress=progress)[1].losses.double().cpu())
+    measured = [optimisation.measure(config.run(s), config.measures(), progress=progress) for s in config.settings]
     stack = lambda key: torch.stack([m[key] for m in measured])  # noqa: E731
     first = measured[0]
     return AdamBeatsSGDResult(
@@ -155,7 +151,7 @@ def run(config: AdamBeatsSGDConfig, *, progress: bool = True) -> AdamBeatsSGDRes
         condition_eigen=stack("condition_eigen"),
         condition_diagonal=stack("condition_diagonal"),
         noise=stack("noise"),
-        training_loss=torch.stack(losses),
+        training_loss=stack("training_loss"),
         elapsed_seconds=time.perf_counter() - start,
     )
 
@@ -274,12 +270,12 @@ def summary(result: AdamBeatsSGDResult) -> dict[str, float | int | str]:
     out["rho_above_half"] = int((rho[r.settings.index("gaussian")] > 0.5).sum())
     out["rho_worst"] = rho[r.settings.index("gaussian")].min().item()
     out["rho_best"] = rho[r.settings.index("gaussian")].max().item()
+    sgd_smooth, adam_smooth = smoothness_medians(r)
     for c, setting in enumerate(r.settings):
         out[f"{setting}_sgd"] = sgd_final[c].mean().item()
         out[f"{setting}_adam"] = adam_final[c].mean().item()
         out[f"{setting}_ratio"] = (sgd_final[c].mean() / adam_final[c].mean()).item()
         out[f"{setting}_tail"] = tail_ratio(r.noise[c]).item()
-        sgd_smooth, adam_smooth = smoothness_medians(r)
         out[f"{setting}_smooth_sgd"] = sgd_smooth[c].mean().item()
         out[f"{setting}_smooth_adam"] = adam_smooth[c].mean().item()
     for step in (750, 1250):
