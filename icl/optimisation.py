@@ -3,15 +3,17 @@ ensemble per setting trains every seed with SGD with momentum and with Adam side
 measured from the parameters saved at every step (the paper note, ``papers/ahn2024_linear_attention.md``).
 
 The model is the (11) form (``parameterisation="eleven"``: P = [[B, 0], [0, 1]], Q = −diag(A, 0)) with L layers,
-d = 5, one head, entries N(0, 0.05²). Members: SGD with momentum 0.9 for seeds 0 … S − 1, then Adam with
-β = (0.9, 0.9) for the same seeds: member s and member S + s start from the same weights and see the same prompts
-(as the authors' runs for one seed do), so the two optimisers are compared pair by pair. Both clip each member's
-global gradient norm at ``clip_norm`` and keep their learning rate constant. Shapes: ``E = 2S`` members, ``T`` saved
+d = 5, one head, entries N(0, 0.05²). The ensemble has one *arm* per (optimiser, learning rate) pair, by default SGD
+with momentum 0.9 and then Adam with β = (0.9, 0.9), and each arm trains seeds 0 … S − 1: member a·S + s is seed s
+of arm a. The arms' members of one seed start from the same weights and see the same prompts (as the authors' runs
+for one seed do), so arms are compared pair by pair. Every member clips its own global gradient norm at
+``clip_norm`` and keeps its learning rate constant. Shapes: ``E = A·S`` members (``2S`` by default), ``T`` saved
 steps, ``P`` parameters per member.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,7 +27,7 @@ from icl.store import cached
 from icl.tokens import read_out, to_tokens
 from icl.train import TrainConfig, TrainResult, fit_cached
 
-OPTIMISERS: tuple[str, ...] = ("sgd", "adam")  # member order: every seed with SGD with momentum, then with Adam
+OPTIMISERS: tuple[str, ...] = ("sgd", "adam")  # the default arms: every seed with SGD with momentum, then with Adam
 MOMENTUM, BETAS = 0.9, (0.9, 0.9)
 
 
@@ -53,14 +55,16 @@ SETTINGS: dict[str, Setting] = {
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One ensemble: a setting, a depth and an attention, ``n_seeds`` seeds × both optimisers. The store keys its
-    training by this config alone, so chapters that ask for the same run share it."""
+    """One ensemble: a setting, a depth and an attention, ``n_seeds`` seeds × its arms (an optimiser and a learning
+    rate each). The store keys its training, and each measurement, by this config alone, so chapters that ask for the
+    same run share it."""
 
     setting: str = "gaussian"
     n_layers: int = 3
     dim: int = 5
     attention: str = "linear"
-    learning_rates: tuple[float, float] | None = None  # (SGD, Adam); None: the setting's
+    optimisers: tuple[str, ...] = OPTIMISERS  # one arm each, in member order
+    learning_rates: tuple[float, ...] | None = None  # one per arm; None: the setting's rate for each optimiser
     n_seeds: int = 6
     train_steps: int = 10_000
     batch_size: int = 1000
@@ -77,19 +81,32 @@ class RunConfig:
             object.__setattr__(self, name, positive_int(name, getattr(self, name)))
         for name in ("init_std", "clip_norm"):
             object.__setattr__(self, name, finite_float(name, getattr(self, name), minimum=0.0, strict=True))
+        optimisers = tuple(self.optimisers) if isinstance(self.optimisers, tuple | list) else (self.optimisers,)
+        if not optimisers:
+            raise ValueError("optimisers must name at least one arm's optimiser, got ()")
+        optimisers = tuple(one_of(f"optimisers[{i}]", o, OPTIMISERS) for i, o in enumerate(optimisers))
+        object.__setattr__(self, "optimisers", optimisers)
         if self.learning_rates is not None:
             rates = tuple(
                 finite_float(f"learning_rates[{i}]", r, strict=True) for i, r in enumerate(self.learning_rates)
             )
-            if len(rates) != 2:
-                raise ValueError(f"learning_rates must be (SGD's, Adam's), got {self.learning_rates}")
+            if len(rates) != len(optimisers):
+                raise ValueError(
+                    f"learning_rates must give one rate per arm (optimisers={optimisers}), got {self.learning_rates}"
+                )
             object.__setattr__(self, "learning_rates", rates)
         object.__setattr__(self, "seed", validate_seed(self.seed))
         validate_device(self.device)
 
     @property
-    def rates(self) -> tuple[float, float]:
-        return self.learning_rates or SETTINGS[self.setting].learning_rates
+    def rates(self) -> tuple[float, ...]:
+        """Each arm's learning rate: the config's, or the setting's for the arm's optimiser."""
+        defaults = SETTINGS[self.setting].learning_rates
+        return self.learning_rates or tuple(defaults[OPTIMISERS.index(o)] for o in self.optimisers)
+
+    @property
+    def n_arms(self) -> int:
+        return len(self.optimisers)
 
     @property
     def n_context(self) -> int:
@@ -97,12 +114,15 @@ class RunConfig:
 
     @property
     def part(self) -> str:
-        return f"{self.setting}-L{self.n_layers}-{self.attention}"
+        """A short name of the run: ``gaussian-L3-linear``, with its arms when they are not the default two."""
+        arms = "" if self.optimisers == OPTIMISERS else "-" + "-".join(self.optimisers)
+        return f"{self.setting}-L{self.n_layers}-{self.attention}{arms}"
 
 
 def model(config: RunConfig, *, twice_differentiable: bool = False, paired: bool = True) -> LinearTransformer:
-    """The untrained ensemble: S initialisations, each shared by its SGD and its Adam member, (E = 2S, ...); with
-    ``paired=False`` the S initialisations alone, (S, ...)."""
+    """The untrained ensemble: S initialisations, each shared by its member in every arm, (E = A·S, ...); with
+    ``paired=False`` the S initialisations alone, (S, ...). The starts are the first S of 2S draws from the run's
+    stream whatever the arms, so a run with other arms starts where the default one does."""
     S = config.n_seeds
 
     def build(n_models: int, generator: torch.Generator) -> LinearTransformer:
@@ -117,15 +137,14 @@ def model(config: RunConfig, *, twice_differentiable: bool = False, paired: bool
             twice_differentiable=twice_differentiable,
         )
 
-    ensemble = build(2 * S, rng.streams(config.seed, config.device, part=_part_index(config)).init)
+    drawn = build(2 * S, rng.streams(config.seed, config.device, part=_part_index(config)).init)
+    copies = config.n_arms if paired else 1
+    ensemble = drawn if copies == 2 else build(copies * S, torch.Generator(device=config.device))  # overwritten
     with torch.no_grad():
-        for parameter in ensemble.parameters():
-            parameter[S:] = parameter[:S]
-    if paired:
-        return ensemble
-    starts = build(S, torch.Generator(device=config.device))  # its own draws are replaced at once
-    starts.load_state_dict({name: value[:S] for name, value in ensemble.state_dict().items()})
-    return starts
+        for name, parameter in ensemble.named_parameters():
+            start = drawn.get_parameter(name)[:S]
+            parameter.copy_(start.repeat(copies, *([1] * (start.dim() - 1))))
+    return ensemble
 
 
 def _part_index(config: RunConfig) -> int:
@@ -133,25 +152,26 @@ def _part_index(config: RunConfig) -> int:
 
 
 def sample(config: RunConfig, size: int, generator: torch.Generator, *, paired: bool = True) -> tasks.RegressionBatch:
-    """Prompts of the setting: one batch per seed, (S, size, ...), given to both of its members when ``paired``
-    ((2S, size, ...))."""
+    """Prompts of the setting: one batch per seed, (S, size, ...), given to its member in every arm when ``paired``
+    ((A·S, size, ...))."""
     S, d = config.n_seeds, config.dim
     identity = torch.eye(d, device=generator.device).expand(S, d, d)
     law = SETTINGS[config.setting].covariate_law
     batch = tasks.sample_regression(size, config.n_context, identity, generator=generator, covariate_law=law)
-    return tasks.RegressionBatch(*(torch.cat([t, t]) for t in batch)) if paired else batch
+    copies = config.n_arms if paired else 1
+    return tasks.RegressionBatch(*(torch.cat([t] * copies) for t in batch))
 
 
 def train_config(config: RunConfig) -> TrainConfig:
-    sgd, adam = config.rates
+    S = config.n_seeds
     return TrainConfig(
         steps=config.train_steps,
-        learning_rate=adam,
+        learning_rate=config.rates[-1],  # each member's own rate below is the one used
         final_learning_rate_fraction=1.0,  # constant, as in the authors' code
         betas=BETAS,
         momentum=MOMENTUM,
-        member_optimisers=("sgd",) * config.n_seeds + ("adam",) * config.n_seeds,
-        member_learning_rates=(sgd,) * config.n_seeds + (adam,) * config.n_seeds,
+        member_optimisers=tuple(o for o in config.optimisers for _ in range(S)),
+        member_learning_rates=tuple(r for r in config.rates for _ in range(S)),
         clip_norm=config.clip_norm,
         clip_scope="global",
     )
@@ -170,7 +190,7 @@ def trained(config: RunConfig, *, progress: bool = True) -> tuple[LinearTransfor
         train_config(config),
         generator=rng.streams(config.seed, config.device, part=_part_index(config)).train,
         progress=progress,
-        description=f"{config.part}: SGD with momentum and Adam, {config.n_seeds} seeds",
+        description=f"{config.part}: {config.n_arms} arms × {config.n_seeds} seeds",
         snapshot_every=config.snapshot_every,
     )
     return ensemble, result
@@ -178,7 +198,8 @@ def trained(config: RunConfig, *, progress: bool = True) -> tuple[LinearTransfor
 
 @dataclass(frozen=True)
 class Measures:
-    """What to measure on a trained run, and how finely (the ``quick`` preset coarsens these)."""
+    """What to measure on a trained run, and how finely (the ``quick`` preset coarsens these). A zero
+    ``smoothness_until`` or ``noise_samples``, or no ``hessian_steps``, leaves that measurement out."""
 
     test_every: int = 50  # test loss every this many steps, on one fixed batch of n_test prompts
     n_test: int = 1000
@@ -190,16 +211,20 @@ class Measures:
     noise_full_batch: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("test_every", "n_test", "smoothness_until", "smoothness_every", "hessian_prompts"):
+        for name in ("test_every", "n_test", "smoothness_every", "hessian_prompts"):
             object.__setattr__(self, name, positive_int(name, getattr(self, name)))
-        for name in ("noise_samples", "noise_full_batch"):
-            object.__setattr__(self, name, positive_int(name, getattr(self, name), minimum=2))
+        for name in ("smoothness_until", "noise_samples"):
+            object.__setattr__(self, name, positive_int(name, getattr(self, name), minimum=0))
+        if self.noise_samples == 1:
+            raise ValueError("noise_samples must be 0 (no gradient noise) or at least 2, got 1")
+        object.__setattr__(self, "noise_full_batch", positive_int("noise_full_batch", self.noise_full_batch, minimum=2))
         steps = tuple(positive_int(f"hessian_steps[{i}]", s, minimum=0) for i, s in enumerate(self.hessian_steps))
         object.__setattr__(self, "hessian_steps", steps)
 
 
 def measure(config: RunConfig, measures: Measures, *, progress: bool = True) -> dict[str, torch.Tensor]:
-    """The landscape of the trained run (stored, so a chapter's rerun costs seconds):
+    """The landscape of the trained run. Each measurement is stored on its own, keyed by the run and the fields of
+    ``measures`` it reads, so chapters that measure the same run alike share it and a rerun costs seconds:
 
     - ``training_loss`` (steps, E): MSE on each step's fresh prompts;
     - ``test_steps`` (T₁,), ``test_loss`` (T₁, E): MSE on one fixed batch (its own stream);
@@ -210,74 +235,114 @@ def measure(config: RunConfig, measures: Measures, *, progress: bool = True) -> 
     - ``noise`` (K, S): ‖g_B − g‖ for K minibatch gradients g_B (``batch_size`` prompts each) at every seed's
       initialisation, g the gradient on ``noise_full_batch`` prompts.
     """
-    steps = sorted(s for s in measures.hessian_steps if s <= config.train_steps)
-    key = {"run": config, "measures": measures}
-    return cached(f"optimisation-measures-{config.part}", key, lambda: _measure(config, measures, steps, progress))
-
-
-def _measure(config: RunConfig, measures: Measures, hessian_steps: list[int], progress: bool) -> dict[str, Any]:
     _, result = trained(config, progress=progress)
-    every = config.snapshot_every
-    saved = result.snapshot_steps.tolist()
-    probe = model(config, twice_differentiable=True)
-    streams = rng.streams(config.seed, config.device, part=_part_index(config))
-    test = sample(config, measures.n_test, streams.eval)
-    small = tasks.RegressionBatch(*(t[:, : measures.hessian_prompts] for t in test))
+    m = measures
+    landscape = functools.cache(lambda: _Landscape(config, m, result))  # built only if something is measured
+    hessian_steps = tuple(sorted(s for s in m.hessian_steps if s <= config.train_steps))
 
-    def at(step: int) -> None:
-        index = saved.index(step)
-        with torch.no_grad():
-            for name, parameter in probe.named_parameters():
-                parameter.copy_(result.snapshots[name][index])
+    def stored(what: str, fields: dict[str, Any], compute) -> dict[str, Any]:
+        return cached(f"optimisation-{what}-{config.part}", {"run": config, **fields}, compute)
 
-    def losses_on(batch: tasks.RegressionBatch):
-        tokens = to_tokens(batch.X, batch.y, batch.x_query)
-        return lambda: ((read_out(probe(tokens)) - batch.y_query) ** 2).mean(-1)
-
-    params = list(probe.parameters())
-    test_steps = [s for s in saved if s % measures.test_every == 0 or s == config.train_steps]
-    test_loss = []
-    for step in test_steps:
-        at(step)
-        with torch.no_grad():
-            test_loss.append(losses_on(test)())
-    smooth_steps = [s for s in saved if s < measures.smoothness_until and s % measures.smoothness_every == 0]
-    smooth_steps = [s for s in smooth_steps if s + every in saved]
-    smoothness, gradient_norm = [], []
-    for step in _bar(smooth_steps, progress, f"{config.part}: directional smoothness"):
-        at(step + every)
-        after = [p.detach().clone() for p in params]
-        at(step)
-        direction = [a - p.detach() for a, p in zip(after, params, strict=True)]
-        gradient, along = curvature.gradient_and_smoothness(losses_on(test), params, direction)
-        smoothness.append(along)
-        gradient_norm.append(gradient.norm(dim=1))
-    eigen, diagonal = [], []
-    for step in _bar(hessian_steps, progress, f"{config.part}: Hessians"):
-        at(step)
-        by_eigenvalues, by_diagonal = curvature.hessian_condition_numbers(
-            curvature.member_hessians(losses_on(small), params)
-        )
-        eigen.append(by_eigenvalues)
-        diagonal.append(by_diagonal)
-    rows = lambda values: torch.stack(values).double().cpu() if values else torch.empty(0, 2 * config.n_seeds)  # noqa: E731
     return {
         "training_loss": result.losses.double().cpu(),
-        "test_steps": torch.tensor(test_steps),
-        "test_loss": rows(test_loss),
-        "smoothness_steps": torch.tensor(smooth_steps),
-        "smoothness": rows(smoothness),
-        "gradient_norm": rows(gradient_norm),
-        "hessian_steps": torch.tensor(hessian_steps),
-        "condition_eigen": rows(eigen),
-        "condition_diagonal": rows(diagonal),
-        "noise": gradient_noise(config, measures, progress=progress),
+        **stored("test", dict(test_every=m.test_every, n_test=m.n_test), lambda: landscape().test_loss()),
+        **stored(
+            "smoothness",
+            dict(n_test=m.n_test, until=m.smoothness_until, every=m.smoothness_every),
+            lambda: landscape().smoothness(progress),
+        ),
+        **stored(
+            "hessians",
+            dict(n_test=m.n_test, prompts=m.hessian_prompts, steps=hessian_steps),
+            lambda: landscape().hessians(hessian_steps, progress),
+        ),
+        **stored(
+            "noise",
+            dict(samples=m.noise_samples, full_batch=m.noise_full_batch),
+            lambda: {"noise": gradient_noise(config, m, progress=progress)},
+        ),
     }
+
+
+class _Landscape:
+    """The trained run's saved parameters, loaded one step at a time into a twice-differentiable copy of the model,
+    and the losses on the fixed test batch."""
+
+    def __init__(self, config: RunConfig, measures: Measures, result: TrainResult) -> None:
+        self.config, self.measures, self.result = config, measures, result
+        self.saved = result.snapshot_steps.tolist()
+        self.probe = model(config, twice_differentiable=True)
+        self.params = list(self.probe.parameters())
+        streams = rng.streams(config.seed, config.device, part=_part_index(config))
+        self.test = sample(config, measures.n_test, streams.eval)
+
+    def at(self, step: int) -> None:
+        index = self.saved.index(step)
+        with torch.no_grad():
+            for name, parameter in self.probe.named_parameters():
+                parameter.copy_(self.result.snapshots[name][index])
+
+    def losses_on(self, batch: tasks.RegressionBatch):
+        tokens = to_tokens(batch.X, batch.y, batch.x_query)
+        return lambda: ((read_out(self.probe(tokens)) - batch.y_query) ** 2).mean(-1)
+
+    def rows(self, values: list[torch.Tensor]) -> torch.Tensor:
+        return (
+            torch.stack(values).double().cpu() if values else torch.empty(0, self.config.n_arms * self.config.n_seeds)
+        )
+
+    def test_loss(self) -> dict[str, torch.Tensor]:
+        every, last = self.measures.test_every, self.config.train_steps
+        steps = [s for s in self.saved if s % every == 0 or s == last]
+        losses = []
+        for step in steps:
+            self.at(step)
+            with torch.no_grad():
+                losses.append(self.losses_on(self.test)())
+        return {"test_steps": torch.tensor(steps), "test_loss": self.rows(losses)}
+
+    def smoothness(self, progress: bool) -> dict[str, torch.Tensor]:
+        m, every = self.measures, self.config.snapshot_every
+        steps = [s for s in self.saved if s < m.smoothness_until and s % m.smoothness_every == 0]
+        steps = [s for s in steps if s + every in self.saved]
+        smoothness, gradient_norm = [], []
+        for step in _bar(steps, progress, f"{self.config.part}: directional smoothness"):
+            self.at(step + every)
+            after = [p.detach().clone() for p in self.params]
+            self.at(step)
+            direction = [a - p.detach() for a, p in zip(after, self.params, strict=True)]
+            gradient, along = curvature.gradient_and_smoothness(self.losses_on(self.test), self.params, direction)
+            smoothness.append(along)
+            gradient_norm.append(gradient.norm(dim=1))
+        return {
+            "smoothness_steps": torch.tensor(steps, dtype=torch.long),
+            "smoothness": self.rows(smoothness),
+            "gradient_norm": self.rows(gradient_norm),
+        }
+
+    def hessians(self, steps: tuple[int, ...], progress: bool) -> dict[str, torch.Tensor]:
+        small = tasks.RegressionBatch(*(t[:, : self.measures.hessian_prompts] for t in self.test))
+        eigen, diagonal = [], []
+        for step in _bar(steps, progress, f"{self.config.part}: Hessians"):
+            self.at(step)
+            by_eigenvalues, by_diagonal = curvature.hessian_condition_numbers(
+                curvature.member_hessians(self.losses_on(small), self.params)
+            )
+            eigen.append(by_eigenvalues)
+            diagonal.append(by_diagonal)
+        return {
+            "hessian_steps": torch.tensor(steps, dtype=torch.long),
+            "condition_eigen": self.rows(eigen),
+            "condition_diagonal": self.rows(diagonal),
+        }
 
 
 def gradient_noise(config: RunConfig, measures: Measures, *, progress: bool = True) -> torch.Tensor:
     """‖g_B − g‖ at every seed's initialisation (the paper note's recipe): g on ``noise_full_batch`` fresh prompts (in
-    chunks of ``batch_size``), then ``noise_samples`` minibatch gradients g_B of ``batch_size`` prompts. -> (K, S)."""
+    chunks of ``batch_size``), then ``noise_samples`` minibatch gradients g_B of ``batch_size`` prompts. -> (K, S)
+    (K = 0 when ``noise_samples`` is 0: nothing is computed)."""
+    if measures.noise_samples == 0:
+        return torch.empty(0, config.n_seeds, dtype=torch.float64)
     start = model(config, paired=False)
     params = list(start.parameters())
     generator = rng.streams(config.seed, config.device, part=100 + _part_index(config)).eval

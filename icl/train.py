@@ -120,7 +120,12 @@ class TrainConfig:
 
 class TrainingDiverged(FloatingPointError):
     """A member's training loss became NaN or infinite: raised within 100 steps of it and before any checkpoint holds
-    it, naming the members and the first such step, instead of training on for hours to a result no check can pass."""
+    it, naming the members and the first such step, instead of training on for hours to a result no check can pass.
+    ``step`` (1-based) and ``members`` hold them for a caller that reports the divergence as a result."""
+
+    def __init__(self, message: str, *, step: int = 0, members: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.step, self.members = step, members
 
 
 class TrainResult(NamedTuple):
@@ -248,7 +253,9 @@ def _check_finite(losses: torch.Tensor, *, start: int, done: int, description: s
     first = start + int((~finite).any(1).nonzero()[0])
     raise TrainingDiverged(
         f"{description}: the training loss of ensemble member(s) {members} became NaN or infinite at step {first + 1} "
-        f"(checked at step {done}); lower the learning rate or tighten the gradient clip"
+        f"(checked at step {done}); lower the learning rate or tighten the gradient clip",
+        step=first + 1,
+        members=tuple(members),
     )
 
 

@@ -276,8 +276,9 @@ def test_a_diverging_member_stops_training_before_a_checkpoint_holds_it(tmp_path
 
     path = tmp_path / "run.pt"
     config = TrainConfig(steps=1000, checkpoint_every=50)
-    with pytest.raises(TrainingDiverged, match=r"member\(s\) \[1\] became NaN or infinite at step 130"):
+    with pytest.raises(TrainingDiverged, match=r"member\(s\) \[1\] became NaN or infinite at step 130") as diverged:
         train(model(), sampler, config, generator=gen(), checkpoint=path, progress=False, objective=objective)
+    assert (diverged.value.step, diverged.value.members) == (130, (1,))
     assert calls == 150
     state = torch.load(path, weights_only=True)
     assert state["step"] == 100 and torch.isfinite(state["losses"]).all()
