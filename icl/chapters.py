@@ -132,6 +132,22 @@ CHAPTERS: dict[str, Chapter] = {
             "from the same start on the same prompts, Adam ends far below SGD with momentum; heavy-tailed gradient "
             "noise, better conditioning and less curvature along Adam's path, curvature growing with the gradient",
         ),
+        Chapter(
+            "14_attention_data_depth",
+            "Softmax, heavy tails and depth",
+            "attention_data_depth",
+            "Ahn, Cheng, Song, Yun, Jadbabaie, Sra 2024 Fig. 4, Fig. 7, Fig. 8",
+            "linear attention trains where the authors' softmax attention barely moves; Adam leads on spheres and on "
+            "heavy-tailed inputs, which make the heavier gradient noise; more depth widens Adam's lead",
+        ),
+        Chapter(
+            "15_precgd_matrix_sensing",
+            "Damped preconditioning: PrecGD on matrix sensing",
+            "precgd_matrix_sensing",
+            "Zhang, Fattahi, Zhang 2021 (the book's own setting)",
+            "over-parameterised, gradient descent turns sublinear while PrecGD, damped by √f, stays linear; every "
+            "fixed damping stalls; with noise all methods stop at the statistical error; Γ*'s ridge is such a damping",
+        ),
     )
 }
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 
 from icl import curvature, rng, tasks
-from icl.config import finite_float, one_of, positive_int, validate_device, validate_seed
+from icl.config import ExperimentConfig, finite_float, one_of, positive_int, validate_device, validate_seed
 from icl.models import LinearTransformer
 from icl.store import cached
 from icl.tokens import read_out, to_tokens
@@ -88,7 +88,8 @@ class RunConfig:
         object.__setattr__(self, "optimisers", optimisers)
         if self.learning_rates is not None:
             rates = tuple(
-                finite_float(f"learning_rates[{i}]", r, strict=True) for i, r in enumerate(self.learning_rates)
+                finite_float(f"learning_rates[{i}]", r, minimum=0.0, strict=True)
+                for i, r in enumerate(self.learning_rates)
             )
             if len(rates) != len(optimisers):
                 raise ValueError(
@@ -117,6 +118,65 @@ class RunConfig:
         """A short name of the run: ``gaussian-L3-linear``, with its arms when they are not the default two."""
         arms = "" if self.optimisers == OPTIMISERS else "-" + "-".join(self.optimisers)
         return f"{self.setting}-L{self.n_layers}-{self.attention}{arms}"
+
+
+@dataclass(frozen=True)
+class OptimisationExperimentConfig(ExperimentConfig):
+    """The fields the optimisation chapters share, validated on construction; every default is the paper's protocol.
+    A chapter's runs are :meth:`run` configs and its measurements :meth:`measures`, so that two chapters asking for
+    the same run or the same measurement share it in the store. ``learning_rate`` is not used: runs train at the
+    authors' rates (:data:`SETTINGS`) unless a run says otherwise."""
+
+    n_layers: int = 3
+    dim: int = 5
+    n_seeds: int = 6
+    train_steps: int = 10_000
+    batch_size: int = 1000
+    init_std: float = 0.05
+    clip_norm: float = 1.0
+    n_test: int = 1000
+    test_every: int = 50
+    hessian_every: int = 250
+    hessian_until: int = 10_000
+    hessian_prompts: int = 1000
+    noise_samples: int = 10_000
+    noise_full_batch: int = 100_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the shared training fields
+        for name in ("n_layers", "dim", "test_every", "hessian_every"):
+            self._set(name, positive_int(name, getattr(self, name)))
+        self._set("hessian_until", positive_int("hessian_until", self.hessian_until, minimum=0))
+
+    def run(self, setting: str, **changes: Any) -> RunConfig:
+        """One ensemble: ``setting`` at ``n_layers`` with the default arms, unless ``changes`` says otherwise."""
+        fields = dict(
+            setting=setting,
+            n_layers=self.n_layers,
+            dim=self.dim,
+            n_seeds=self.n_seeds,
+            train_steps=self.train_steps,
+            batch_size=self.batch_size,
+            init_std=self.init_std,
+            clip_norm=self.clip_norm,
+            seed=self.seed,
+            device=self.device,
+        )
+        return RunConfig(**(fields | changes))
+
+    def measures(self, *, smoothness_until: int = 0, smoothness_every: int = 1, landscape: bool = True) -> Measures:
+        """The test loss, the directional smoothness up to ``smoothness_until`` (0: none) and, with ``landscape``,
+        the Hessians and the gradient noise."""
+        return Measures(
+            test_every=self.test_every,
+            n_test=self.n_test,
+            smoothness_until=smoothness_until,
+            smoothness_every=smoothness_every,
+            hessian_steps=tuple(range(0, self.hessian_until + 1, self.hessian_every)) if landscape else (),
+            hessian_prompts=min(self.hessian_prompts, self.n_test),
+            noise_samples=self.noise_samples if landscape else 0,
+            noise_full_batch=self.noise_full_batch,
+        )
 
 
 def model(config: RunConfig, *, twice_differentiable: bool = False, paired: bool = True) -> LinearTransformer:
@@ -356,6 +416,25 @@ def gradient_noise(config: RunConfig, measures: Measures, *, progress: bool = Tr
     full = sum(gradient(config.batch_size) for _ in range(chunks)) / chunks
     draws = [gradient(config.batch_size) for _ in _bar(range(measures.noise_samples), progress, "gradient noise")]
     return (torch.stack(draws) - full).norm(dim=-1).cpu()
+
+
+def by_arm(values: torch.Tensor, n_arms: int = 2) -> torch.Tensor:
+    """A (..., E = A·S) tensor of members as (..., A, S): arm by arm (by default SGD with momentum, then Adam)."""
+    return values.unflatten(-1, (n_arms, values.shape[-1] // n_arms))
+
+
+def final_loss(test_steps: torch.Tensor, test_loss: torch.Tensor) -> torch.Tensor:
+    """Each member's test loss at the end of training: the median over the test points of the last 10 % of the
+    steps (Adam with β₂ = 0.9 spikes now and then; one evaluation can land on a spike).
+    (T,), (..., T, E) -> (..., E)."""
+    late = test_steps >= 0.9 * test_steps[-1]
+    return test_loss[..., late, :].median(-2).values
+
+
+def tail_ratio(noise: torch.Tensor) -> torch.Tensor:
+    """q99 / q50 of ‖g_B − g‖, pooled over seeds: (..., K, S) -> (...). How far the noise's tail reaches."""
+    pooled = noise.flatten(-2)
+    return torch.quantile(pooled, 0.99, dim=-1) / torch.quantile(pooled, 0.5, dim=-1)
 
 
 def _bar(items, progress: bool, description: str):

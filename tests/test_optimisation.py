@@ -128,6 +128,7 @@ def test_the_default_rates_follow_the_arms_optimisers() -> None:
         (dict(n_layers=0), "n_layers"),
         (dict(clip_norm=-1.0), "clip_norm"),
         (dict(learning_rates=(0.1,)), "learning_rates"),
+        (dict(learning_rates=(0.1, -0.1)), r"learning_rates\[1\]"),
         (dict(optimisers=("adam", "lion")), r"optimisers\[1\]"),
         (dict(optimisers=()), "optimisers"),
     ],

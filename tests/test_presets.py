@@ -164,11 +164,16 @@ def test_equal_configs_share_a_store_key() -> None:
 
 
 def test_every_experiment_declares_its_presets_beside_its_config() -> None:
-    """The paper's values are the config's defaults (one place); QUICK and WHY_QUICK name the same fields."""
+    """The paper's values are the config's defaults (one place); QUICK and WHY_QUICK name the same fields. Every
+    transformer experiment's config is an ExperimentConfig; one without prompts or training (matrix sensing) has its
+    own frozen config, with the seed and device every config carries."""
     assert presets.experiments() == tuple(sorted(c.experiment for c in chapters.CHAPTERS.values() if c.experiment))
     for name in presets.experiments():
         module = presets.experiment(name)
-        assert dataclasses.is_dataclass(module.CONFIG) and issubclass(module.CONFIG, ExperimentConfig)
+        assert dataclasses.is_dataclass(module.CONFIG) and module.CONFIG.__dataclass_params__.frozen
+        fields = {f.name for f in dataclasses.fields(module.CONFIG)}
+        assert issubclass(module.CONFIG, ExperimentConfig) or name == "precgd_matrix_sensing", name
+        assert {"seed", "device"} <= fields, name
         assert set(module.QUICK) == set(module.WHY_QUICK) <= set(presets.parameter_names(name)), name
         assert presets.get(name, "paper", device="cpu") == module.CONFIG(device="cpu")
 

@@ -19,7 +19,7 @@ import torch
 
 from icl import optimisation
 from icl.checks import ClaimChecks
-from icl.config import ExperimentConfig, one_of, positive_int
+from icl.config import one_of, positive_int
 
 NAME = "adam_beats_sgd"
 EARLY = 100  # directional smoothness is compared from this step on (the first steps are the start, not the path)
@@ -33,66 +33,28 @@ CONDITION_CHECKS = (
 
 
 @dataclass(frozen=True)
-class AdamBeatsSGDConfig(ExperimentConfig):
-    """The experiment's parameters; every field is validated on construction. ``learning_rate`` is not used: each
-    setting trains at the authors' rates for each optimiser (:data:`icl.optimisation.SETTINGS`)."""
+class AdamBeatsSGDConfig(optimisation.OptimisationExperimentConfig):
+    """The experiment's parameters (and the optimisation chapters' shared ones); every field is validated on
+    construction."""
 
     settings: tuple[str, ...] = ("gaussian", "short", "gamma")
-    n_layers: int = 3
-    dim: int = 5
-    n_seeds: int = 6
-    train_steps: int = 10_000
-    batch_size: int = 1000
-    init_std: float = 0.05
-    clip_norm: float = 1.0
-    n_test: int = 1000
-    test_every: int = 50
     smoothness_until: int = 2000
     smoothness_every: int = 1
-    hessian_every: int = 250
-    hessian_until: int = 10_000
-    hessian_prompts: int = 1000
-    noise_samples: int = 10_000
-    noise_full_batch: int = 100_000
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # the shared training fields
+        super().__post_init__()  # the shared fields
         settings = tuple(one_of(f"settings[{i}]", s, tuple(optimisation.SETTINGS)) for i, s in enumerate(self.settings))
         if "gaussian" not in settings or len(set(settings)) != len(settings):
             raise ValueError(f"settings must hold 'gaussian' (Setting 1) and no repeats, got {self.settings}")
         self._set("settings", settings)
-        for name in ("n_layers", "dim", "test_every", "smoothness_until", "smoothness_every", "hessian_every"):
+        for name in ("smoothness_until", "smoothness_every"):
             self._set(name, positive_int(name, getattr(self, name)))
-        self._set("hessian_until", positive_int("hessian_until", self.hessian_until, minimum=0))
         self.measures()  # validates the rest
         self.run("gaussian")
 
-    def run(self, setting: str) -> optimisation.RunConfig:
-        """The ensemble of one setting."""
-        return optimisation.RunConfig(
-            setting=setting,
-            n_layers=self.n_layers,
-            dim=self.dim,
-            n_seeds=self.n_seeds,
-            train_steps=self.train_steps,
-            batch_size=self.batch_size,
-            init_std=self.init_std,
-            clip_norm=self.clip_norm,
-            seed=self.seed,
-            device=self.device,
-        )
-
-    def measures(self) -> optimisation.Measures:
-        return optimisation.Measures(
-            test_every=self.test_every,
-            n_test=self.n_test,
-            smoothness_until=self.smoothness_until,
-            smoothness_every=self.smoothness_every,
-            hessian_steps=tuple(range(0, self.hessian_until + 1, self.hessian_every)),
-            hessian_prompts=min(self.hessian_prompts, self.n_test),
-            noise_samples=self.noise_samples,
-            noise_full_batch=self.noise_full_batch,
-        )
+    def measures(self, **_: Any) -> optimisation.Measures:
+        """Every measurement, the directional smoothness included."""
+        return super().measures(smoothness_until=self.smoothness_until, smoothness_every=self.smoothness_every)
 
 
 CONFIG = AdamBeatsSGDConfig
@@ -158,15 +120,14 @@ def run(config: AdamBeatsSGDConfig, *, progress: bool = True) -> AdamBeatsSGDRes
 
 def halves(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A (..., E) tensor split into its SGD-with-momentum members and its Adam members, (..., S) each."""
-    S = values.shape[-1] // 2
-    return values[..., :S], values[..., S:]
+    sgd, adam = optimisation.by_arm(values).unbind(-2)
+    return sgd, adam
 
 
 def final_loss(result: AdamBeatsSGDResult) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each member's test loss at the end of training: the median over the test points of the last 10 % of the steps
-    (Adam with β₂ = 0.9 spikes now and then; one evaluation can land on a spike). SGD's and Adam's, (C, S) each."""
-    late = result.test_steps >= 0.9 * result.test_steps[-1]
-    return halves(result.test_loss[:, late].median(1).values)
+    """Each member's test loss at the end of training (:func:`icl.optimisation.final_loss`): SGD's and Adam's,
+    (C, S) each."""
+    return halves(optimisation.final_loss(result.test_steps, result.test_loss))
 
 
 def adam_correlation(result: AdamBeatsSGDResult) -> torch.Tensor:
@@ -174,12 +135,6 @@ def adam_correlation(result: AdamBeatsSGDResult) -> torch.Tensor:
     _, gradient = halves(result.gradient_norm.log())
     _, smoothness = halves(result.smoothness.clamp(min=1e-12).log())
     return spearman(gradient.transpose(0, 1), smoothness.transpose(0, 1))
-
-
-def tail_ratio(noise: torch.Tensor) -> torch.Tensor:
-    """q99 / q50 of ‖g_B − g‖, pooled over seeds: (..., K, S) -> (...). How far the noise's tail reaches."""
-    pooled = noise.flatten(-2)
-    return torch.quantile(pooled, 0.99, dim=-1) / torch.quantile(pooled, 0.5, dim=-1)
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -228,7 +183,7 @@ def claim_checks(result: AdamBeatsSGDResult) -> ClaimChecks:
         reason="Fig. 2 row 1: Adam below SGD in every setting (the factor 3 is shown, not checked, beyond Setting 1)",
     )
     if "gamma" in r.settings:
-        tails = tail_ratio(r.noise)
+        tails = optimisation.tail_ratio(r.noise)
         gamma, gaussian = r.settings.index("gamma"), r.settings.index("gaussian")
         checks.at_least(
             "gradient noise at the start: q99/q50 of ‖g_B − g‖, Setting 3 over Setting 1",
@@ -275,7 +230,7 @@ def summary(result: AdamBeatsSGDResult) -> dict[str, float | int | str]:
         out[f"{setting}_sgd"] = sgd_final[c].mean().item()
         out[f"{setting}_adam"] = adam_final[c].mean().item()
         out[f"{setting}_ratio"] = (sgd_final[c].mean() / adam_final[c].mean()).item()
-        out[f"{setting}_tail"] = tail_ratio(r.noise[c]).item()
+        out[f"{setting}_tail"] = optimisation.tail_ratio(r.noise[c]).item()
         out[f"{setting}_smooth_sgd"] = sgd_smooth[c].mean().item()
         out[f"{setting}_smooth_adam"] = adam_smooth[c].mean().item()
     for step in (750, 1250):
