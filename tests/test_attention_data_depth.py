@@ -39,8 +39,32 @@ def ideal() -> attention_data_depth.AttentionDataDepthResult:
         depth_noise=noise.clone(),
         depth_condition_eigen=condition.clone(),
         depth_condition_diagonal=condition.clone(),
+        scale_learning_rates=torch.empty(0, dtype=torch.float64),
+        scale_loss=torch.empty(T, 0, S),
+        scale_noise=torch.empty(0, S),
         elapsed_seconds=1.0,
     )
+
+
+def at_scale(adam: float) -> attention_data_depth.AttentionDataDepthResult:
+    """The ideal result with Fig. 5's larger model run at two rates: SGD's best final loss 1, Adam's ``adam``."""
+    loss = torch.full((T, 4, S), 2.0)
+    loss[-5:, 1], loss[-5:, 2] = 1.0, adam  # SGD at its second rate, Adam at its first
+    return ideal()._replace(
+        scale_learning_rates=torch.tensor([0.001, 0.01], dtype=torch.float64),
+        scale_loss=loss,
+        scale_noise=torch.ones(K, S),
+    )
+
+
+def test_the_larger_model_is_checked_only_when_it_ran() -> None:
+    assert len(attention_data_depth.claim_checks(at_scale(0.1)).checks) == 5
+    assert attention_data_depth.claim_checks(at_scale(0.1)).passed
+    assert attention_data_depth.scale_ratio(at_scale(0.1)) == pytest.approx(0.1)
+    failed = [c.name for c in attention_data_depth.claim_checks(at_scale(1.5)).checks if not c.passed]
+    assert len(failed) == 1 and "larger model" in failed[0]
+    summary = attention_data_depth.summary(at_scale(0.1))
+    assert (summary["scale_sgd_rate"], summary["scale_adam_rate"]) == (0.01, 0.001)
 
 
 def test_an_ideal_result_passes_every_check() -> None:
@@ -77,6 +101,9 @@ def test_breaking_a_claim_fails_its_check(breaks, check: str) -> None:
         (dict(softmax_learning_rates=(0.01, -1.0)), r"softmax_learning_rates\[1\]"),
         (dict(sphere_clip_norm=0.0), "sphere_clip_norm"),
         (dict(n_layers=0), "n_layers"),
+        (dict(at_scale="yes"), "at_scale"),
+        (dict(scale_learning_rates=()), "scale_learning_rates"),
+        (dict(scale_dim=0), "scale_dim"),
     ],
 )
 def test_bad_parameters_are_named(changes: dict, name: str) -> None:
@@ -94,3 +121,17 @@ def test_the_quick_preset_shares_chapter_13s_runs_and_measurements() -> None:
     a, b = mine.measures(), theirs.measures()
     for field in ("test_every", "n_test", "hessian_steps", "hessian_prompts", "noise_samples", "noise_full_batch"):
         assert getattr(a, field) == getattr(b, field), field
+
+
+def test_a_tiny_run_with_the_larger_model_has_its_shapes(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ICL_STORE", str(tmp_path))
+    config = attention_data_depth.CONFIG(
+        device="cpu", n_seeds=1, train_steps=3, batch_size=8, n_test=16, test_every=1, hessian_until=0,
+        hessian_prompts=4, noise_samples=2, noise_full_batch=16, depths=(1, 2), n_layers=1, scale_layers=2,
+        scale_dim=3, scale_learning_rates=(0.01, 0.1), softmax_learning_rates=(0.01,),
+    )  # fmt: skip
+    result = attention_data_depth.run(config, progress=False)
+    assert result.scale_loss.shape == (4, 4, 1) and result.scale_noise.shape == (2, 1)
+    assert result.softmax_loss.shape == (4, 1, 1) and result.depth_loss.shape == (2, 4, 2)
+    assert result.data_condition_eigen.shape == (2, 1, 2) and result.sphere_divergence_step >= 0
+    assert len(attention_data_depth.claim_checks(result).checks) == 5

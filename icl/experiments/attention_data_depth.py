@@ -37,6 +37,10 @@ class AttentionDataDepthConfig(optimisation.OptimisationExperimentConfig):
     depths: tuple[int, ...] = (2, 4, 6, 8)
     sphere_clip_norm: float = 0.1  # the authors' code's clip for spheres; clip_norm is tried too
     softmax_learning_rates: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05)
+    at_scale: bool = True  # Fig. 5's larger model (paper preset only: a GPU's work)
+    scale_layers: int = 8
+    scale_dim: int = 20
+    scale_learning_rates: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03)  # the book's grid, for each optimiser
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shared fields
@@ -51,9 +55,32 @@ class AttentionDataDepthConfig(optimisation.OptimisationExperimentConfig):
         if not rates:
             raise ValueError("softmax_learning_rates must hold at least one rate, got ()")
         self._set("softmax_learning_rates", rates)
+        if not isinstance(self.at_scale, bool):
+            raise ValueError(f"at_scale must be True or False, got {self.at_scale!r}")
+        for name in ("scale_layers", "scale_dim"):
+            self._set(name, positive_int(name, getattr(self, name)))
+        rates = tuple(
+            finite_float(f"scale_learning_rates[{i}]", r, minimum=0.0, strict=True)
+            for i, r in enumerate(self.scale_learning_rates)
+        )
+        if not rates:
+            raise ValueError("scale_learning_rates must hold at least one rate, got ()")
+        self._set("scale_learning_rates", rates)
         self._set("sphere_clip_norm", finite_float("sphere_clip_norm", self.sphere_clip_norm, minimum=0.0, strict=True))
         self.measures()  # validates the rest
         self.run("gaussian")
+
+    def scale_run(self) -> optimisation.RunConfig:
+        """Fig. 5's larger model: d = ``scale_dim``, ``scale_layers`` layers, n = 60, both optimisers at each rate of
+        ``scale_learning_rates``."""
+        rates = self.scale_learning_rates
+        return self.run(
+            "long",
+            n_layers=self.scale_layers,
+            dim=self.scale_dim,
+            optimisers=("sgd",) * len(rates) + ("adam",) * len(rates),
+            learning_rates=rates + rates,
+        )
 
     def softmax_sweep(self) -> optimisation.RunConfig:
         """Setting 1 with softmax attention, one Adam arm per learning rate of the grid."""
@@ -64,6 +91,7 @@ class AttentionDataDepthConfig(optimisation.OptimisationExperimentConfig):
 CONFIG = AttentionDataDepthConfig
 # What `quick` changes against the paper (the config's defaults), and why (see icl.presets).
 QUICK: dict[str, Any] = dict(
+    at_scale=False,
     depths=(2, 4),
     softmax_learning_rates=(0.005, 0.05),
     n_seeds=2,
@@ -74,6 +102,7 @@ QUICK: dict[str, Any] = dict(
     noise_full_batch=20_000,
 )
 WHY_QUICK: dict[str, str] = dict(
+    at_scale="Fig. 5's 8-layer model at d = 20, n = 60 is a GPU's work: 8 rate-optimiser arms × 6 seeds, 10,000 steps",
     softmax_learning_rates="the two ends of the grid: a softmax step costs four times a linear one, and at 2000 steps "
     "all four rates ended within 2 % of each other (seed 0, when the chapter was built)",
     depths="L ∈ {2, 4}, the paper note's plan for a CPU: a deeper model costs more per step and its Hessian grows",
@@ -105,6 +134,9 @@ class AttentionDataDepthResult(NamedTuple):
     depth_noise: torch.Tensor  # (D, K, S) ‖g_B − g‖ at each seed's start
     depth_condition_eigen: torch.Tensor  # (D, H, E)
     depth_condition_diagonal: torch.Tensor  # (D, H, E)
+    scale_learning_rates: torch.Tensor  # (G,) Fig. 5's grid, for each optimiser; (0,) when not run (quick)
+    scale_loss: torch.Tensor  # (T, 2G, S) test MSE of the larger model: SGD at each rate, then Adam at each
+    scale_noise: torch.Tensor  # (K, S) ‖g_B − g‖ at the larger model's starts
     elapsed_seconds: float
 
 
@@ -112,13 +144,14 @@ def run(config: AttentionDataDepthConfig, *, progress: bool = True) -> Attention
     """Train (or load) every ensemble and measure it."""
     start = time.perf_counter()
     measure = lambda run, **kw: optimisation.measure(run, config.measures(**kw), progress=progress)  # noqa: E731
-    linear = measure(config.run("gaussian"), landscape=False)
-    softmax = measure(config.softmax_sweep(), landscape=False)
+    linear = measure(config.run("gaussian"), hessians=False, noise=False)
+    softmax = measure(config.softmax_sweep(), hessians=False, noise=False)
     data = [
         measure(config.run("gamma")),
         measure(config.run("sphere", clip_norm=config.sphere_clip_norm)),
     ]
     depth = [measure(config.run("gaussian", n_layers=L)) for L in config.depths]
+    scale = measure(config.scale_run(), hessians=False) if config.at_scale else None  # too many parameters for Hessians
     stack = lambda runs, key: torch.stack([m[key] for m in runs])  # noqa: E731
     return AttentionDataDepthResult(
         test_steps=linear["test_steps"],
@@ -136,6 +169,15 @@ def run(config: AttentionDataDepthConfig, *, progress: bool = True) -> Attention
         depth_noise=stack(depth, "noise"),
         depth_condition_eigen=stack(depth, "condition_eigen"),
         depth_condition_diagonal=stack(depth, "condition_diagonal"),
+        scale_learning_rates=torch.tensor(
+            config.scale_learning_rates if scale is not None else (), dtype=torch.float64
+        ),
+        scale_loss=(
+            optimisation.by_arm(scale["test_loss"], 2 * len(config.scale_learning_rates))
+            if scale is not None
+            else torch.empty(len(linear["test_steps"]), 0, config.n_seeds)
+        ),
+        scale_noise=scale["noise"] if scale is not None else torch.empty(0, config.n_seeds),
         elapsed_seconds=time.perf_counter() - start,
     )
 
@@ -214,7 +256,28 @@ def claim_checks(result: AttentionDataDepthResult) -> ClaimChecks:
         1.0,
         reason="Fig. 8: the deeper model gives Adam the larger lead",
     )
+    if r.scale_learning_rates.numel():
+        checks.at_most(
+            "Fig. 5's larger model: Adam's final test loss at its best rate / SGD's at its best (seed means)",
+            scale_ratio(r),
+            1.0,
+            reason="Fig. 5: Adam ahead at scale too",
+        )
     return checks
+
+
+def scale_finals(result: AttentionDataDepthResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """The larger model's seed-mean final test loss at each rate: SGD's and Adam's, (G,) each."""
+    r = result
+    finals = optimisation.final_loss(r.test_steps, r.scale_loss.flatten(-2)).unflatten(-1, r.scale_loss.shape[-2:])
+    sgd, adam = finals.mean(-1).unflatten(-1, (2, -1)).unbind(0)
+    return sgd, adam
+
+
+def scale_ratio(result: AttentionDataDepthResult) -> float:
+    """Adam's best seed-mean final test loss over SGD's best, on Fig. 5's larger model."""
+    sgd, adam = scale_finals(result)
+    return (adam.min() / sgd.min()).item()
 
 
 def summary(result: AttentionDataDepthResult) -> dict[str, float | int | str]:
@@ -260,6 +323,13 @@ def summary(result: AttentionDataDepthResult) -> dict[str, float | int | str]:
                     out[f"{setting}_{version}_{step}"] = condition_ratio(data[c], r.hessian_steps, step).mean().item()
                 for d, L in enumerate(r.depths.tolist()):
                     out[f"L{L}_{version}_{step}"] = condition_ratio(depth[d], r.hessian_steps, step).mean().item()
+    if r.scale_learning_rates.numel():
+        sgd, adam = scale_finals(r)
+        out["scale_sgd"], out["scale_adam"] = sgd.min().item(), adam.min().item()
+        out["scale_sgd_rate"] = r.scale_learning_rates[int(sgd.argmin())].item()
+        out["scale_adam_rate"] = r.scale_learning_rates[int(adam.argmin())].item()
+        out["scale_ratio"] = scale_ratio(r)
+        out["scale_tail"] = optimisation.tail_ratio(r.scale_noise).item()
     out["minutes"] = r.elapsed_seconds / 60
     return out
 
@@ -270,5 +340,9 @@ def _listing(items: list[str]) -> str:
 
 
 def key_arrays(result: AttentionDataDepthResult) -> dict[str, Any]:
-    """The arrays behind the figures and checks, for the chapter's JSON."""
-    return {k: v for k, v in result._asdict().items() if k != "elapsed_seconds"}
+    """The arrays behind the figures and checks, for the chapter's JSON (without the larger model's when it did not
+    run: an empty array's shape does not survive JSON)."""
+    skipped = {"elapsed_seconds"} | (
+        {"scale_learning_rates", "scale_loss", "scale_noise"} if not result.scale_learning_rates.numel() else set()
+    )
+    return {k: v for k, v in result._asdict().items() if k not in skipped}
