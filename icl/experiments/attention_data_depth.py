@@ -48,24 +48,17 @@ class AttentionDataDepthConfig(optimisation.OptimisationExperimentConfig):
         if len(depths) < 2 or sorted(set(depths)) != list(depths):
             raise ValueError(f"depths must be at least two increasing depths, got {self.depths}")
         self._set("depths", depths)
-        rates = tuple(
-            finite_float(f"softmax_learning_rates[{i}]", r, minimum=0.0, strict=True)
-            for i, r in enumerate(self.softmax_learning_rates)
-        )
-        if not rates:
-            raise ValueError("softmax_learning_rates must hold at least one rate, got ()")
-        self._set("softmax_learning_rates", rates)
+        for name in ("softmax_learning_rates", "scale_learning_rates"):
+            rates = tuple(
+                finite_float(f"{name}[{i}]", r, minimum=0.0, strict=True) for i, r in enumerate(getattr(self, name))
+            )
+            if not rates:
+                raise ValueError(f"{name} must hold at least one rate, got ()")
+            self._set(name, rates)
         if not isinstance(self.at_scale, bool):
             raise ValueError(f"at_scale must be True or False, got {self.at_scale!r}")
         for name in ("scale_layers", "scale_dim"):
             self._set(name, positive_int(name, getattr(self, name)))
-        rates = tuple(
-            finite_float(f"scale_learning_rates[{i}]", r, minimum=0.0, strict=True)
-            for i, r in enumerate(self.scale_learning_rates)
-        )
-        if not rates:
-            raise ValueError("scale_learning_rates must hold at least one rate, got ()")
-        self._set("scale_learning_rates", rates)
         self._set("sphere_clip_norm", finite_float("sphere_clip_norm", self.sphere_clip_norm, minimum=0.0, strict=True))
         self.measures()  # validates the rest
         self.run("gaussian")
