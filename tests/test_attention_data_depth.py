@@ -135,3 +135,11 @@ def test_a_tiny_run_with_the_larger_model_has_its_shapes(tmp_path, monkeypatch) 
     assert result.softmax_loss.shape == (4, 1, 1) and result.depth_loss.shape == (2, 4, 2)
     assert result.data_condition_eigen.shape == (2, 1, 2) and result.sphere_divergence_step >= 0
     assert len(attention_data_depth.claim_checks(result).checks) == 5
+
+
+def test_a_late_spike_is_reported() -> None:
+    assert attention_data_depth.depth_spikes(ideal()).startswith("No run's")
+    result = ideal()
+    result.depth_loss[0, :] = 5.0  # the start's loss, where nothing spikes ...
+    result.depth_loss[1, 20, 1] = 80.0  # ... but SGD's second seed at L = 4, mid-run
+    assert "at L = 4, 1 of the 2 runs of SGD with momentum (to 80 times" in attention_data_depth.depth_spikes(result)

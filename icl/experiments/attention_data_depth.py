@@ -302,6 +302,7 @@ def summary(result: AttentionDataDepthResult) -> dict[str, float | int | str]:
         out[f"L{L}_ratio"] = (finals[d, 0] / finals[d, 1]).item()
         out[f"L{L}_tail"] = tails[d].item()
     depths = r.depths.tolist()
+    out["depth_spikes"] = depth_spikes(r)
     out["depth_gain"] = out[f"L{depths[0]}_ratio"] / out[f"L{depths[-1]}_ratio"]  # the check's value
     out["depth_table"] = _listing([f"{out[f'L{L}_ratio']:.3g} at L = {L}" for L in depths])
     out["depth_tails"] = _listing([f"{out[f'L{L}_tail']:.2f} at L = {L}" for L in depths])
@@ -325,6 +326,32 @@ def summary(result: AttentionDataDepthResult) -> dict[str, float | int | str]:
         out["scale_tail"] = optimisation.tail_ratio(r.scale_noise).item()
     out["minutes"] = r.elapsed_seconds / 60
     return out
+
+
+def depth_spikes(result: AttentionDataDepthResult) -> str:
+    """A sentence on the depth runs whose test loss rose above its value at the start (about the zero predictor's,
+    the start being small) after the first 10 % of the steps, a spike that then dominates a seed mean; or that none
+    did."""
+    r = result
+    late = r.test_steps >= 0.1 * r.test_steps[-1]
+    found = []
+    for d, L in enumerate(r.depths.tolist()):
+        peaks = r.depth_loss[d, late].max(0).values / r.depth_loss[d, 0]  # (E,)
+        arms = [
+            f"{int((arm > 1).sum())} of the {arm.numel()} runs of {name} (to {arm.max().item():.2g} times its loss at "
+            "the start)"
+            for name, arm in zip(("SGD with momentum", "Adam"), optimisation.by_arm(peaks).unbind(-2), strict=True)
+            if bool((arm > 1).any())
+        ]
+        if arms:
+            found.append(f"at L = {L}, " + _listing(arms))
+    if not found:
+        return "No run's test loss rose above its value at the start after the first 10 % of the steps."
+    return (
+        "Some runs' test loss rose above its value at the start after the first 10 % of the steps: "
+        + "; ".join(found)
+        + ". Such a spike weighs heavily in a seed mean."
+    )
 
 
 def _listing(items: list[str]) -> str:
