@@ -1,7 +1,8 @@
 """The built site in a real browser: every page loads with its title and body, every image loads, every figure
-has a caption, math is rendered (no raw TeX), no error output or failed claim check is shown, every internal
-link and anchor resolves, the launch and edit buttons point at the page's own file on branch main, each chapter
-offers its numbers as a download, and the console shows no error outside a short allow-list.
+has a caption numbered within its chapter ("Fig. 5.2"), math is rendered (no raw TeX), no error output or failed
+claim check is shown, every internal link and anchor resolves, the launch and edit buttons point at the page's own
+file on branch main, each chapter offers its numbers as a download, and the console shows no error outside a short
+allow-list.
 
 It needs a built site (``make book``; ``$ICL_SITE`` points elsewhere) and Debian's Chromium at
 ``/usr/bin/chromium`` (``$ICL_CHROMIUM``), driven by Playwright; a browser is never downloaded. Without
@@ -102,6 +103,7 @@ async () => {
     buttons: Array.from(document.querySelectorAll(".article-header-buttons a, .header-article-items a"))
       .map(a => a.href),
     thebe: document.querySelectorAll(".btn-launch-thebe").length,
+    figureNumbers: Array.from(article.querySelectorAll("figcaption .caption-number")).map(n => text(n)),
   };
 }
 """
@@ -181,6 +183,12 @@ def _problems(name: str, visit: Visit) -> list[str]:
     problems += [f"error text on the page: {m.group(0)!r}" for m in ERROR_TEXT.finditer(survey["visibleText"])]
     problems += [f"math not rendered: {text}" for text in survey["unrenderedMath"]]
     problems += [f"raw TeX in the text: {m.group(0)!r}" for m in RAW_TEX.finditer(survey["proseText"])]
+    chapter = re.match(r"book/(\d\d)_", name)
+    if chapter:  # figures are numbered within their chapter: "Fig. 5.2" on chapter 05's page
+        expected = re.compile(rf"Fig\. {int(chapter.group(1))}\.\d+\b")
+        problems += [
+            f"figure number without its chapter's: {n!r}" for n in survey["figureNumbers"] if not expected.match(n)
+        ]
     allowed = [e for e in visit.console_errors if not any(a in e for a in CONSOLE_ALLOWED)]
     problems += [f"console error: {e}" for e in allowed]
     problems += [f"local file failed to load: {url}" for url in visit.failed_local_requests]
