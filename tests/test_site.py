@@ -38,8 +38,10 @@ SKIPPED_FOLDERS = {"_static", "_sources", "_images", "_downloads", "jupyter_exec
 CONSOLE_ALLOWED = ("Got invalid theme mode",)
 # Text that must never be on a page: a traceback, a failed claim check (the exception or its table's verdict).
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|ClaimCheckFailed|❌ FAIL")
-# TeX that MathJax would have replaced: delimiters, or a control word outside code.
-RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|begin|end|mathbb|mathrm|operatorname|sum|top|langle|tfrac)\b")
+# TeX that MathJax would have replaced: delimiters, a control word or a braced super- or subscript outside code.
+RAW_TEX = re.compile(
+    r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|begin|end|mathbb|mathrm|operatorname|sum|top|langle|tfrac)\b|[\^_]\{"
+)
 
 CHAPTER_PAGES = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.md"))
 
@@ -182,7 +184,11 @@ def _problems(name: str, visit: Visit) -> list[str]:
     problems += [f"error output: {text}" for text in survey["errorOutputs"]]
     problems += [f"error text on the page: {m.group(0)!r}" for m in ERROR_TEXT.finditer(survey["visibleText"])]
     problems += [f"math not rendered: {text}" for text in survey["unrenderedMath"]]
-    problems += [f"raw TeX in the text: {m.group(0)!r}" for m in RAW_TEX.finditer(survey["proseText"])]
+    prose = survey["proseText"]
+    problems += [
+        f"raw TeX in the text: {m.group(0)!r} in {prose[max(m.start() - 30, 0) : m.end() + 30]!r}"
+        for m in RAW_TEX.finditer(prose)
+    ]
     chapter = re.match(r"book/(\d\d)_", name)
     if chapter:  # figures are numbered within their chapter: "Fig. 5.2" on chapter 05's page
         expected = re.compile(rf"Fig\. {int(chapter.group(1))}\.\d+\b")

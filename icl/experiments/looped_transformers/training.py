@@ -316,7 +316,7 @@ def check(checks: ClaimChecks, result: LoopedResult, config: LoopedConfig) -> No
             result.test_loss[k].mean().item(),
             result.optimal_loss[k].item(),
             rtol=0.05,
-            reason="against the looped optimum d·E(1 − a*λ)^{2L}",
+            reason="against the looped optimum d·E(1 − a*λ)²ᴸ",
         )
     tag = f"n = {config.n_underdetermined} < d = {config.dim}"
     checks.at_most(
