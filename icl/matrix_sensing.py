@@ -94,11 +94,10 @@ def initial_factor(problem: SensingProblem, rank: int, *, scale: float, generato
 
 
 class Trajectory(NamedTuple):
-    """A run of ``steps`` iterations, recorded before the first and after every one: relative_error and loss
-    (steps + 1, S); damping (steps + 1, S), the η each step used (the value at the last point is the next one's)."""
+    """A run of ``steps`` iterations, recorded before the first and after every one: relative_error (steps + 1, S);
+    damping (steps + 1, S), the η each step used (the value at the last point is the next one's; 0 outside PrecGD)."""
 
     relative_error: torch.Tensor
-    loss: torch.Tensor
     damping: torch.Tensor
 
 
@@ -128,12 +127,11 @@ def solve(
         damping = finite_float("damping", damping, minimum=0.0)
     X = start.clone()
     eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
-    errors, losses, dampings = [], [], []
+    errors, dampings = [], []
     for _ in range(steps + 1):
         loss, gradient = loss_and_gradient(problem, X)
         eta = loss.sqrt() if damping is None else torch.full_like(loss, damping)
         errors.append(relative_error(problem, X))
-        losses.append(loss)
         dampings.append(eta if method == "prec_gd" else torch.zeros_like(loss))
         if len(errors) > steps:
             break
@@ -148,7 +146,7 @@ def solve(
         if not bool(torch.isfinite(X).all()):
             raise FloatingPointError(f"{method} diverged at step size {alpha}: lower step_size")
     stack = lambda values: torch.stack(values).clamp(min=torch.finfo(torch.float64).tiny)  # noqa: E731
-    return Trajectory(stack(errors), stack(losses), torch.stack(dampings))
+    return Trajectory(stack(errors), torch.stack(dampings))
 
 
 def first_below(values: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -167,7 +165,8 @@ def loglog_slope(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return (k[:, None] * y).sum(0) / k.pow(2).sum()
 
 
-def statistical_error(dim: int, rank: int, n_measurements: int, noise_std: float, truth_norm: float) -> float:
+def statistical_error(rank: int, noise_std: float, problem: SensingProblem) -> torch.Tensor:
     """The scale of the best achievable relative error with noisy measurements: σ √(n r / m) / ‖M*‖_F, the minimax
-    rate's order for rank-r sensing of an n × n matrix (constants aside). Only a guide line on the figure."""
-    return noise_std * math.sqrt(dim * rank / n_measurements) / truth_norm
+    rate's order for rank-r sensing of an n × n matrix (constants aside); only a guide line. -> (S,)."""
+    _, m, n, _ = problem.sensing.shape
+    return noise_std * math.sqrt(n * rank / m) / torch.linalg.matrix_norm(problem.truth)

@@ -436,6 +436,20 @@ def final_loss(test_steps: torch.Tensor, test_loss: torch.Tensor) -> torch.Tenso
     return test_loss[..., late, :].median(-2).values
 
 
+def adam_over_sgd(test_steps: torch.Tensor, test_loss: torch.Tensor) -> torch.Tensor:
+    """Adam's seed-mean final test loss over SGD with momentum's (:func:`final_loss`), for the default arms:
+    (T,), (..., T, E) -> (...)."""
+    sgd, adam = by_arm(final_loss(test_steps, test_loss)).unbind(-2)
+    return adam.mean(-1) / sgd.mean(-1)
+
+
+def condition_ratio(condition: torch.Tensor, hessian_steps: torch.Tensor, step: int) -> torch.Tensor:
+    """R_med of SGD with momentum over R_med of Adam at ``step``, seed by seed, for the default arms:
+    (..., H, E) -> (..., S)."""
+    sgd, adam = by_arm(condition[..., hessian_steps.tolist().index(step), :]).unbind(-2)
+    return sgd / adam
+
+
 def tail_ratio(noise: torch.Tensor) -> torch.Tensor:
     """q99 / q50 of ‖g_B − g‖, pooled over seeds: (..., K, S) -> (...). How far the noise's tail reaches."""
     pooled = noise.flatten(-2)

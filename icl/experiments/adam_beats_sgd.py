@@ -151,9 +151,7 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def condition_ratio(result: AdamBeatsSGDResult, version: str, step: int) -> torch.Tensor:
     """R_med of SGD with momentum over R_med of Adam, seed by seed, at ``step``: (C, S)."""
     values = result.condition_eigen if version == "eigen" else result.condition_diagonal
-    index = result.hessian_steps.tolist().index(step)
-    sgd, adam = halves(values[:, index])
-    return sgd / adam
+    return optimisation.condition_ratio(values, result.hessian_steps, step)
 
 
 def smoothness_medians(result: AdamBeatsSGDResult) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,8 +165,7 @@ def claim_checks(result: AdamBeatsSGDResult) -> ClaimChecks:
     """The paper note's targets 1–5 for Fig. 2 and Fig. 6; the chapter states each tolerance."""
     r = result
     checks = ClaimChecks()
-    sgd_final, adam_final = final_loss(r)
-    ratios = adam_final.mean(-1) / sgd_final.mean(-1)  # (C,)
+    ratios = optimisation.adam_over_sgd(r.test_steps, r.test_loss)  # (C,)
     gaussian = r.settings.index("gaussian")
     checks.at_most(
         "Setting 1: Adam's final test loss / SGD with momentum's (seed means of the last 10 % of steps' medians)",

@@ -188,13 +188,6 @@ def sphere_divergence(config: AttentionDataDepthConfig, *, progress: bool = True
     return 0
 
 
-def adam_over_sgd(test_steps: torch.Tensor, test_loss: torch.Tensor) -> torch.Tensor:
-    """Adam's seed-mean final test loss over SGD with momentum's (:func:`icl.optimisation.final_loss`):
-    (T,), (..., T, E) -> (...)."""
-    sgd, adam = optimisation.by_arm(optimisation.final_loss(test_steps, test_loss)).unbind(-2)
-    return adam.mean(-1) / sgd.mean(-1)
-
-
 def softmax_finals(result: AttentionDataDepthResult) -> torch.Tensor:
     """The softmax model's seed-mean final test loss at each learning rate: (R,)."""
     r = result
@@ -211,12 +204,6 @@ def linear_over_softmax(result: AttentionDataDepthResult) -> float:
     return (linear / softmax_finals(result).min()).item()
 
 
-def condition_ratio(eigen_or_diagonal: torch.Tensor, hessian_steps: torch.Tensor, step: int) -> torch.Tensor:
-    """R_med of SGD with momentum over R_med of Adam at ``step``, seed by seed: (..., H, E) -> (..., S)."""
-    sgd, adam = optimisation.by_arm(eigen_or_diagonal[..., hessian_steps.tolist().index(step), :]).unbind(-2)
-    return sgd / adam
-
-
 def claim_checks(result: AttentionDataDepthResult) -> ClaimChecks:
     """The paper note's targets 6, 7 and 8 (Fig. 4, Fig. 8, Fig. 7); the chapter states each bar."""
     r = result
@@ -227,7 +214,7 @@ def claim_checks(result: AttentionDataDepthResult) -> ClaimChecks:
         0.5,
         reason="Fig. 4: the linear model trains much faster (the paper note's bar: below half)",
     )
-    ratios = adam_over_sgd(r.test_steps, r.data_loss)  # (2,)
+    ratios = optimisation.adam_over_sgd(r.test_steps, r.data_loss)  # (2,)
     checks.at_most(
         "Gamma radius and sphere: Adam's final test loss / SGD with momentum's (seed means), the larger",
         ratios.max().item(),
@@ -241,7 +228,7 @@ def claim_checks(result: AttentionDataDepthResult) -> ClaimChecks:
         1.0,
         reason="Fig. 7: the heavier-tailed inputs give the heavier-tailed noise",
     )
-    by_depth = adam_over_sgd(r.test_steps, r.depth_loss)  # (D,)
+    by_depth = optimisation.adam_over_sgd(r.test_steps, r.depth_loss)  # (D,)
     shallow, deep = int(r.depths[0]), int(r.depths[-1])
     checks.at_most(
         f"Setting 1: Adam/SGD final-loss ratio at L = {deep} over the ratio at L = {shallow}",
@@ -314,9 +301,13 @@ def summary(result: AttentionDataDepthResult) -> dict[str, float | int | str]:
                 ("diagonal", r.data_condition_diagonal, r.depth_condition_diagonal),
             ):
                 for c, setting in enumerate(DATA):
-                    out[f"{setting}_{version}_{step}"] = condition_ratio(data[c], r.hessian_steps, step).mean().item()
+                    out[f"{setting}_{version}_{step}"] = (
+                        optimisation.condition_ratio(data[c], r.hessian_steps, step).mean().item()
+                    )
                 for d, L in enumerate(r.depths.tolist()):
-                    out[f"L{L}_{version}_{step}"] = condition_ratio(depth[d], r.hessian_steps, step).mean().item()
+                    out[f"L{L}_{version}_{step}"] = (
+                        optimisation.condition_ratio(depth[d], r.hessian_steps, step).mean().item()
+                    )
     if r.scale_learning_rates.numel():
         sgd, adam = scale_finals(r)
         out["scale_sgd"], out["scale_adam"] = sgd.min().item(), adam.min().item()

@@ -158,7 +158,7 @@ def run(config: PrecGDConfig, *, progress: bool = True) -> PrecGDResult:
         noisy_scaled_gd=done["noisy_scaled_gd"].relative_error,
         noisy_prec_gd=done["noisy_prec_gd"].relative_error,
         noisy_damping=done["noisy_prec_gd"].damping[-1],
-        noisy_floor=c.noise_std * (c.dim * c.rank / c.n_measurements) ** 0.5 / torch.linalg.matrix_norm(noisy.truth),
+        noisy_floor=ms.statistical_error(c.rank, c.noise_std, noisy),
         context_lengths=lengths,
         context_damping=torch.stack([context_ridge(torch.eye(5, dtype=torch.float64), int(n)) for n in lengths]),
         elapsed_seconds=time.perf_counter() - start,
