@@ -18,13 +18,13 @@ icl.checks.ClaimCheckFailed: 1 of 2 claim checks failed:
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any, Literal
 
 from icl.config import positive_int
+from icl.tables import Table, table
 
 FAMILY_FALSE_ALARM = 0.01  # the chance that a perfect model fails the every-point check somewhere, by chance
 Relation = Literal["close", "at_most", "at_least"]
@@ -120,16 +120,18 @@ class ClaimChecks:
         """Every check as a plain dict (for the chapter's JSON)."""
         return [asdict(c) for c in self.checks]
 
-    def _repr_html_(self) -> str:
+    def table(self) -> Table:
+        """The checks as a table: check, measured, expected (with its tolerance or bound), why, pass or FAIL."""
         rows = []
         for c in self.checks:
             relation = {"close": "±", "at_most": "≤", "at_least": "≥"}[c.relation]
             bound = f"{c.expected:.4g} ± {c.tolerance:.2g}" if c.relation == "close" else f"{relation} {c.expected:.4g}"
-            verdict = "✅ pass" if c.passed else "❌ FAIL"
-            cells = [c.name, f"{c.measured:.5g}", bound, c.reason, verdict]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
-        head = "".join(f"<th>{h}</th>" for h in ("check", "measured", "expected", "tolerance: why", "result"))
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            rows.append((c.name, f"{c.measured:.5g}", bound, c.reason, c.passed))
+        header = ("check", "measured", "expected", "tolerance: why", "result")
+        return table(header, rows, numeric=(False, True, True, False, False))
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
 
     def __repr__(self) -> str:
         return "\n".join(c.describe() + ("" if c.passed else "  <-- FAILED") for c in self.checks)

@@ -24,6 +24,7 @@ from typing import Any
 
 from icl.config import did_you_mean
 from icl.device import resolve_device
+from icl.tables import Table, table
 
 PRESET_NAMES: tuple[str, ...] = ("quick", "paper")
 
@@ -87,13 +88,14 @@ class ChangesTable:
 
     rows: tuple[tuple[str, str, str, str], ...]
 
+    def table(self) -> Table:
+        return table(("parameter", "this run", "paper", "why quick differs"), self.rows)
+
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in ("parameter", "this run", "paper", "why quick differs"))
-        body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return self.table()._repr_html_()
 
     def __repr__(self) -> str:
-        return "\n".join(" | ".join(row) for row in self.rows)
+        return repr(self.table())
 
 
 def changes(config: Any) -> ChangesTable:

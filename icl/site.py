@@ -50,7 +50,7 @@ def _checks_cell(record: dict[str, Any]) -> str:
     failed = sum(not c["passed"] for c in checks)
     if record["passed"]:
         return f"{len(checks)} of {len(checks)} passed"
-    return f"❌ FAIL ({failed} of {len(checks)} failed)"
+    return f"**FAIL** ({failed} of {len(checks)} failed)"
 
 
 def chapter_table(folder: Path | None) -> str:

@@ -4,6 +4,8 @@ that records the chapter's numbers, offers them as a download and verifies."""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import jupytext
@@ -70,3 +72,71 @@ def test_every_code_cell_stays_on_the_page(path: Path) -> None:
     for cell in _code_cells(path):
         removed = {"remove-cell", "remove-input"} & set(cell.metadata.get("tags", []))
         assert not removed, f"{sorted(removed)} keeps this cell's code from Live Code: {cell.source.splitlines()[0]}"
+
+
+# Code a reader sees without unfolding it fits the page: at the site's 1280 px layout a code block shows 80
+# characters (measured in Chromium; tests/test_site.py checks that no visible code scrolls sideways).
+VISIBLE_COLUMNS = 80
+FOLDED = {"hide-input", "hide-cell"}
+
+
+def _fenced_blocks(markdown: str) -> list[str]:
+    """The fenced code blocks (``` or ~~~) of a Markdown cell, not its MyST directives ({note}, {math} …)."""
+    return re.findall(r"^(```+|~~~+)[ \t]*(?!\{)[^\n]*\n(.*?)^\1[ \t]*$", markdown, re.M | re.S)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "book").glob("*.md")), ids=lambda p: p.stem)
+def test_visible_code_fits_the_page(path: Path) -> None:
+    too_long = []
+    for cell in jupytext.read(str(path)).cells:
+        if cell.cell_type == "code" and not FOLDED & set(cell.metadata.get("tags", [])):
+            lines = cell.source.splitlines()
+        elif cell.cell_type == "markdown":
+            lines = [line for _, block in _fenced_blocks(cell.source) for line in block.splitlines()]
+        else:
+            continue
+        too_long += [f"{len(line)}: {line}" for line in lines if len(line) > VISIBLE_COLUMNS]
+    assert not too_long, f"visible code lines over {VISIBLE_COLUMNS} characters:\n  " + "\n  ".join(too_long)
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """Every string constant in ``tree``; an f-string as one text with □ for each replacement field."""
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.JoinedStr):
+            found.append("".join(v.value if isinstance(v, ast.Constant) else "□" for v in node.values))
+            return
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.append(node.value)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def caret_outside_math(text: str) -> list[str]:
+    """Super- and subscripts written as TeX (Σ^½, 2^k, x_{t+1}) outside $…$ math, with their context."""
+    plain = re.sub(r"\$\$.*?\$\$|\$[^$\n]*\$|`[^`\n]*`", "", text, flags=re.S)
+    return [plain[max(m.start() - 20, 0) : m.end() + 20] for m in re.finditer(r"\S\^|\^\S|_\{", plain)]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_figure_text_is_math_or_unicode(path: Path) -> None:
+    """Strings in chapter code (panel titles, labels, ticks) write exponents as matplotlib mathtext ($Σ^{1/2}$) or
+    Unicode (Σ⁻¹), never as a bare caret that the figure would print as it stands."""
+    raw = [hit for cell in _code_cells(path) for s in _strings(ast.parse(cell.source)) for hit in caret_outside_math(s)]
+    assert not raw, "TeX-like exponent in a figure string:\n  " + "\n  ".join(map(repr, raw))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_prose_and_captions_write_exponents_as_math(path: Path) -> None:
+    texts = []
+    for cell in jupytext.read(str(path)).cells:
+        if cell.cell_type == "markdown":
+            texts.append(re.sub(r"^(```+|~~~+).*?^\1[ \t]*$", "", cell.source, flags=re.M | re.S))
+        else:
+            texts.append(cell.metadata.get("mystnb", {}).get("figure", {}).get("caption", ""))
+    raw = [hit for text in texts for hit in caret_outside_math(text)]
+    assert not raw, "exponent written with a caret outside $…$ math:\n  " + "\n  ".join(map(repr, raw))

@@ -138,10 +138,10 @@ def test_records_and_html_table() -> None:
     }
     assert records[1]["passed"] is False
     html = checks._repr_html_()
-    assert html.startswith("<table>") and html.endswith("</table>")
+    assert html.startswith('<table class="icl-table"') and html.endswith("</table>")
     assert html.count("<tr>") == 3  # header and two rows
     assert "loss &lt;Γ*&gt;" in html and "2 % &amp; more" in html  # escaped
-    assert "✅ pass" in html and "❌ FAIL" in html
+    assert ">pass</span>" in html and ">FAIL</span>" in html
     assert "1.154 ± 0.023" in html and "≥ 5" in html
     text = repr(checks)
     assert text.count("<-- FAILED") == 1 and "margin" in text.splitlines()[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -147,8 +148,8 @@ def test_changes_lists_what_quick_changes_and_why() -> None:
     assert differing == set(quick) | {"n_context"}
     assert all(rows[name][3] == why[name] for name in quick)
     html = table._repr_html_()
-    assert html.startswith("<table>") and html.count("<tr>") == len(rows) + 1
-    assert f"train_steps | {quick['train_steps']:,} | 20,000" in repr(table)
+    assert html.startswith('<table class="icl-table"') and html.count("<tr>") == len(rows) + 1
+    assert re.search(rf"^train_steps +{quick['train_steps']:,} +20,000 +", repr(table), re.M)
 
 
 def test_changes_of_the_paper_preset_gives_no_reasons() -> None:

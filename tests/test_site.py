@@ -36,8 +36,12 @@ SKIPPED_FOLDERS = {"_static", "_sources", "_images", "_downloads", "jupyter_exec
 
 # Console errors that are not the site's fault: the theme reads a stored mode that a file:// page cannot keep.
 CONSOLE_ALLOWED = ("Got invalid theme mode",)
-# Text that must never be on a page: a traceback, a failed claim check (the exception or its table's verdict).
-ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|ClaimCheckFailed|❌ FAIL")
+# Text that must never be on a page: a traceback, a failed claim check's exception or a failed chapter on the status
+# page (a failed check's verdict in its table is found by its class, icl-fail).
+ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|ClaimCheckFailed|FAIL \(\d+ of \d+ failed\)")
+# The least white space, in CSS pixels, between the text of two neighbouring table cells: below it, numbers read
+# as one ("2.381 | 0.5639.438").
+CELL_GAP = 6
 # TeX that MathJax would have replaced: delimiters, a control word or a braced super- or subscript outside code.
 RAW_TEX = re.compile(
     r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|begin|end|mathbb|mathrm|operatorname|sum|top|langle|tfrac)\b|[\^_]\{"
@@ -75,7 +79,7 @@ pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "
 
 # What the browser sees on a page, gathered by one script after the page (and MathJax) has finished.
 SURVEY_JS = r"""
-async () => {
+async (cellGap) => {
   const article = document.querySelector("article") || document.body;
   for (const img of document.images) img.loading = "eager";
   await Promise.all(Array.from(document.images).map(img => img.decode().catch(() => null)));
@@ -106,6 +110,30 @@ async () => {
       .map(a => a.href),
     thebe: document.querySelectorAll(".btn-launch-thebe").length,
     figureNumbers: Array.from(article.querySelectorAll("figcaption .caption-number")).map(n => text(n)),
+    failedChecks: Array.from(article.querySelectorAll(".icl-fail")).map(n => text(n.closest("tr") || n).slice(0, 120)),
+    // Neighbouring cells in a row whose text is closer than cellGap px.
+    crowdedCells: Array.from(article.querySelectorAll("tr")).flatMap(row => {
+      const cells = Array.from(row.cells), found = [];
+      const extent = cell => {
+        const range = document.createRange();
+        range.selectNodeContents(cell);
+        return range.getBoundingClientRect();
+      };
+      for (let i = 0; i + 1 < cells.length; i++) {
+        const [a, b] = [extent(cells[i]), extent(cells[i + 1])];
+        if (a.width && b.width && b.left - a.right < cellGap)
+          found.push(`${text(cells[i]).slice(0, 30)} | ${text(cells[i + 1]).slice(0, 30)}`
+            + ` (${Math.round(b.left - a.right)} px)`);
+      }
+      return found;
+    }),
+    // Code, a table or an equation the reader sees only by scrolling sideways (folded cells are not visible).
+    scrolledSideways: Array.from(article.querySelectorAll(
+      "pre, table, .cell_output, .output, .pst-scrollable-table-container, mjx-container"))
+      .filter(n => n.checkVisibility() && n.scrollWidth > n.clientWidth + 1
+        && ["auto", "scroll"].includes(getComputedStyle(n).overflowX))
+      .map(n => `${n.tagName.toLowerCase()} +${n.scrollWidth - n.clientWidth} px: `
+        + n.innerText.split("\n").reduce((a, b) => (b.length > a.length ? b : a), "").slice(0, 100)),
   };
 }
 """
@@ -140,7 +168,7 @@ def _visit(context: Any, site: Path, name: str, screenshots: Path) -> Visit:
     if 'http-equiv="refresh"' in (site / name).read_text().lower():  # index.html redirects to the intro
         page.wait_for_url(lambda url: url != start)
         page.wait_for_load_state("load")
-    visit.survey = page.evaluate(SURVEY_JS)
+    visit.survey = page.evaluate(SURVEY_JS, CELL_GAP)
     page.screenshot(path=str(screenshots / (name.replace("/", "__").removesuffix(".html") + ".png")), full_page=True)
     page.close()
     return visit
@@ -184,6 +212,9 @@ def _problems(name: str, visit: Visit) -> list[str]:
     problems += [f"error output: {text}" for text in survey["errorOutputs"]]
     problems += [f"error text on the page: {m.group(0)!r}" for m in ERROR_TEXT.finditer(survey["visibleText"])]
     problems += [f"math not rendered: {text}" for text in survey["unrenderedMath"]]
+    problems += [f"failed claim check: {row}" for row in survey["failedChecks"]]
+    problems += [f"table cells run together: {pair}" for pair in survey["crowdedCells"]]
+    problems += [f"scrolls sideways: {what}" for what in survey["scrolledSideways"]]
     prose = survey["proseText"]
     problems += [
         f"raw TeX in the text: {m.group(0)!r} in {prose[max(m.start() - 30, 0) : m.end() + 30]!r}"
@@ -271,6 +302,13 @@ DOCTORED = {  # what is done to a copy of a chapter page -> the words its proble
     "tex": ("</article>", "<p>left as $$x^2$$ by a broken math extension</p></article>"),
     "links": ("</article>", '<a href="no-such-page.html">x</a><a href="#no-such-anchor">y</a></article>'),
     "console": ("</body>", "<script>console.error('boom')</script></body>"),
+    "table": ("</article>", "<table><tr><td>0.563</td><td>9.438</td></tr></table></article>"),
+    "wide code": ("</article>", f"<div class='highlight'><pre>{'x = 1; ' * 40}</pre></div></article>"),
+    "failed check": (
+        "</article>",
+        "<table><tr><td>a check</td><td><span class='icl-fail'>FAIL</span></td></tr></table></article>",
+    ),
+    "failed chapter": ("</article>", "<p>a chapter: <strong>FAIL</strong> (1 of 2 failed)</p></article>"),
 }
 
 
@@ -300,6 +338,10 @@ def test_the_checks_catch_a_doctored_page(tmp_path: Path) -> None:
         "image did not load",
         "local file failed to load",
         "console error: boom",
+        "table cells run together: 0.563 | 9.438",
+        "scrolls sideways: pre",
+        "failed claim check: a check",
+        "error text on the page: 'FAIL (1 of 2 failed)'",
         "no-such-page.html (no such file)",
         "#no-such-anchor (no such anchor)",
     ]:
