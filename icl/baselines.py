@@ -7,9 +7,9 @@ Two fitters tune a baseline's scalar parameters on validation prompts: :func:`be
 predictors polynomial in the step size) and :func:`minimise_scalar` (a grid refined by golden sections).
 
 The iterative solvers Fu et al. (2023) compare a transformer's layers with work on the moments of every prefix of a
-sequence of examples at once (:func:`prefix_moments`): least squares, k steps of GD, of iterative Newton and of
-conjugate gradients, each returning the weights ŵ after every requested number of steps; online GD runs along the
-sequence itself. Nothing loops over prompts or prefixes.
+sequence of examples at once (:func:`prefix_moments`): least squares, k steps of GD, of iterative Newton, of
+conjugate gradients and of L-BFGS (BFGS with unlimited memory), each returning the weights ŵ after every requested
+number of steps; online GD runs along the sequence itself. Nothing loops over prompts or prefixes.
 """
 
 from __future__ import annotations
@@ -304,6 +304,49 @@ def conjugate_gradient_weights(second_moment: torch.Tensor, h: torch.Tensor, ste
         residual = residual - step * product
         beta = torch.where(active, dot(residual, residual) / rr.clamp(min=tiny), 0.0)
         direction = residual + beta * direction
+    return torch.stack(out)
+
+
+def lbfgs_weights(
+    second_moment: torch.Tensor, h: torch.Tensor, steps: Sequence[int], memory: int | None = 5
+) -> torch.Tensor:
+    """L-BFGS on R(w) from w₀ = 0 with H₀ = I, the last ``memory`` curvature pairs (None: all of them, which is
+    BFGS) and the exact line search of a quadratic, after each number of ``steps``: -> (len(steps), ..., d).
+
+    On a strictly convex quadratic with exact line searches, BFGS and L-BFGS of any memory from H₀ = I take the
+    conjugate-gradient iterates (Nocedal 1980), so in exact arithmetic this equals
+    :func:`conjugate_gradient_weights`; ``tests/test_baselines.py`` checks it. A prompt whose gradient has fallen to
+    rounding error (100 ε relative to h) stays where it is."""
+    counts = _steps(steps)
+    if memory is not None:
+        memory = positive_int("memory", memory)
+    dot = lambda a, b: (a * b).sum(-1, keepdim=True)  # noqa: E731
+    tiny = torch.finfo(h.dtype).tiny
+    converged = (100 * torch.finfo(h.dtype).eps) ** 2 * dot(h, h)
+    w, gradient = torch.zeros_like(h), -h  # ∇R(w) = Ŝw − h
+    pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1/yᵀs), oldest first
+    out = []
+    for k in range(counts[-1] + 1):
+        if k in counts:
+            out.append(w)
+        q, alphas = gradient, []
+        for s, y, rho in reversed(pairs):  # the two-loop recursion: direction = −H_k ∇R
+            a = rho * dot(s, q)
+            q = q - a * y
+            alphas.append(a)
+        for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
+            q = q + (a - rho * dot(y, q)) * s
+        direction = -q
+        product = (second_moment @ direction.unsqueeze(-1)).squeeze(-1)
+        curvature = dot(direction, product)
+        active = (curvature > 0) & (dot(gradient, gradient) > converged)
+        step = torch.where(active, -dot(gradient, direction) / curvature.clamp(min=tiny), 0.0)
+        s, y = step * direction, step * product  # y = Ŝs: the change of the gradient
+        ys = dot(y, s)
+        pairs.append((s, y, torch.where(ys > 0, 1 / ys.clamp(min=tiny), 0.0)))
+        if memory is not None and len(pairs) > memory:
+            pairs.pop(0)
+        w, gradient = w + s, gradient + y
     return torch.stack(out)
 
 

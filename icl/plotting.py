@@ -20,6 +20,7 @@ COLORS: dict[str, str] = {
     "preconditioned_gd": "#009E73",  # preconditioned GD (the theory's optimum): green
     "gd_plus_plus": "#CC79A7",  # GD++: purple
     "newton": "#56B4E9",  # iterative Newton: sky blue
+    "conjugate_gradient": "#000000",  # conjugate gradients (L-BFGS and BFGS take its iterates on a quadratic): black
     "least_squares": "#D55E00",  # least squares: vermillion
     "zero": "#7F7F7F",  # the zero estimator: grey, dashed
     "naive": "#A0522D",  # a wrong answer the check must tell apart (e.g. Σ⁻¹ where theory says Γ*)

@@ -341,3 +341,26 @@ def test_bad_step_counts_are_named(steps: list) -> None:
     S, h = baselines.prefix_moments(xs, ys)
     with pytest.raises(ValueError, match="steps"):
         baselines.newton_weights(S, h, steps)
+
+
+@pytest.mark.parametrize("memory", [1, 2, 5, None])
+def test_lbfgs_with_exact_line_searches_takes_the_conjugate_gradient_iterates(memory: int | None) -> None:
+    """Nocedal (1980): on a strictly convex quadratic, BFGS and L-BFGS of any memory from H₀ = I with exact line
+    searches generate conjugate gradients' iterates; from t = 1 example on (rank-deficient Ŝ included, where both
+    stay in its range and end at the minimum-norm solution)."""
+    xs, ys = sequence(k=12, d=5)
+    S, h = baselines.prefix_moments(xs, ys)
+    steps = [0, 1, 2, 3, 4, 5, 8]
+    expected = baselines.conjugate_gradient_weights(S, h, steps)
+    w = baselines.lbfgs_weights(S, h, steps, memory=memory)
+    torch.testing.assert_close(w, expected, rtol=0, atol=1e-8)
+    torch.testing.assert_close(w[-1], baselines.least_squares_weights(S, h), rtol=0, atol=1e-8)
+
+
+def test_lbfgs_is_not_gradient_descent_and_refuses_a_bad_memory() -> None:
+    xs, ys = sequence(k=12, d=5)
+    S, h = baselines.prefix_moments(xs, ys)
+    lbfgs, gd = baselines.lbfgs_weights(S, h, [2]), baselines.gd_weights(S, h, [2])
+    assert (lbfgs - gd)[..., 6:, :].abs().amax() > 1e-3  # a different method, not a renamed one
+    with pytest.raises(ValueError, match="memory"):
+        baselines.lbfgs_weights(S, h, [1], memory=0)

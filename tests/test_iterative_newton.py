@@ -90,6 +90,8 @@ def test_tiny_run_shapes_reproducibility_and_summary() -> None:
     assert first.best_newton.shape == first.best_gd.shape == (L, S)
     assert first.algorithm_similarity.shape == (N - 1, G) and first.algorithm_best_gd.shape == (N - 1,)
     assert first.newton_deviation.shape[0] == first.gd_deviation.shape[0] == 2
+    assert first.cg_deviation.shape == (2, 3 + 2) and (first.cg_to_tolerance <= 3).all()  # CG: within d steps
+    assert first.quasi_newton_gap.max() < 1e-20  # L-BFGS and BFGS take CG's iterates
     assert first.gd_steps.tolist() == [2**j for j in range(G)] and first.newton_steps.tolist() == list(range(N))
     # Least squares is exact from t = d examples on (noiseless prompts); Newton's last iterate is close to it.
     assert first.least_squares_error[3:].max() < 1e-10
@@ -118,7 +120,7 @@ def test_the_algorithm_checks_pass_and_an_untrained_model_fails() -> None:
     checks = experiment.claim_checks(experiment.run(config, progress=False), config)
     by_name = {c.name.split(":")[0] + ":" + c.name.split(":")[1][:20]: c for c in checks.checks}
     algorithm_checks = [c for c in checks.checks if c.name.startswith(("algorithms", "Newton against GD"))]
-    assert len(algorithm_checks) == 5 and all(c.passed for c in algorithm_checks), by_name
+    assert len(algorithm_checks) == 7 and all(c.passed for c in algorithm_checks), by_name
     assert not checks.passed  # an untrained GPT's layers do not progress
     assert any(not c.passed for c in checks.checks if c.name.startswith(("probes", "layers")))
 

@@ -127,6 +127,9 @@ class IterativeNewtonResult(NamedTuple):
     gd_deviation: torch.Tensor  # (C, G₁) the same for GD after 2^0 … 2^MAX_DOUBLINGS steps
     newton_to_tolerance: torch.Tensor  # (C,) steps Newton needs to reach ``tolerance`` (long; -1: not within N₁)
     gd_to_tolerance: torch.Tensor  # (C,) the first power of 2 of GD steps that reaches it (-1: none up to 2^MAX)
+    cg_deviation: torch.Tensor  # (C, d + 2) the same for conjugate gradients after k = 0 … d + 1 steps
+    cg_to_tolerance: torch.Tensor  # (C,) steps CG needs to reach ``tolerance`` (-1: not within d + 1)
+    quasi_newton_gap: torch.Tensor  # (C,) worst prompt's ‖ŵ_L-BFGS − ŵ_CG‖² / ‖ŵ_LS‖², L-BFGS (m = 5) and BFGS
     # along sequences of the GPT's distribution: Newton against GD
     algorithm_newton_steps: torch.Tensor  # (N₂,) k = 1 … newton_steps
     algorithm_similarity: torch.Tensor  # (N₂, G) SimE(Newton after k, GD after 2^j)
@@ -262,6 +265,20 @@ def claim_checks(result: IterativeNewtonResult, config: IterativeNewtonConfig) -
         10,
         reason="GD's steps grow like κ",
     )
+    checks.at_most(
+        f"algorithms: CG's distance to least squares after d steps, the larger of κ = 1 and "
+        f"κ = {config.condition_number:g}",
+        r.cg_deviation[:, r.dim].max().item(),
+        1e-12,
+        reason="CG ends within rank Ŝ ≤ d steps in exact arithmetic, whatever κ; one step earlier it is 10⁻³ or more",
+    )
+    checks.at_most(
+        f"algorithms: L-BFGS (m = {algorithms.LBFGS_MEMORY}) and BFGS against CG, worst prompt's ‖ŵ − ŵ_CG‖² / ‖ŵ_LS‖²",
+        r.quasi_newton_gap.max().item(),
+        1e-12,
+        reason="the same iterates in exact arithmetic (Nazareth 1979); float64 round-off leaves orders of magnitude "
+        "less, while GD's iterates are tenths away",
+    )
     log_gd = r.algorithm_best_gd.double().log2()
     _, slope, r2 = similarity.line_fit(r.algorithm_newton_steps.double(), log_gd)
     checks.at_least(
@@ -351,6 +368,10 @@ def summary(result: IterativeNewtonResult, config: IterativeNewtonConfig) -> dic
         "newton_ill": int(r.newton_to_tolerance[1]),
         "gd_iso": int(r.gd_to_tolerance[0]),
         "gd_ill": int(r.gd_to_tolerance[1]),
+        "cg_iso": int(r.cg_to_tolerance[0]),
+        "cg_ill": int(r.cg_to_tolerance[1]),
+        "quasi_newton_gap": r.quasi_newton_gap.max().item(),
+        "lbfgs_memory": algorithms.LBFGS_MEMORY,
         "probe_errors": ", ".join(f"{e:.3f}" for e in per_layer.tolist()),
         "model_error": r.model_error[:, d:K].mean().item(),
         "best_newton": ", ".join(f"{k:.1f}" for k in r.best_newton.double().mean(-1).tolist()),

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 NEWTON_BUDGET = 60  # the algorithm panel's Newton steps: about log₂ κ(Ŝ)² are needed, κ(Ŝ) up to 10⁹ fits
 MAX_DOUBLINGS = 16  # the algorithm panel runs GD for up to 2¹⁶ steps before calling it unconverged
+LBFGS_MEMORY = 5  # the paper does not give L-BFGS's memory; the paper note's choice
 
 
 class Residuals(NamedTuple):
@@ -54,12 +55,14 @@ def first_below(deviation: torch.Tensor, tolerance: float) -> torch.Tensor:
 
 
 def algorithms_alone(config: IterativeNewtonConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Convergence to least squares of Newton and GD on Σ = I and on the two-level Σ (fresh basis per prompt): the
-    result's ``newton_deviation``, ``gd_deviation``, ``newton_to_tolerance`` and ``gd_to_tolerance``."""
+    """Convergence to least squares of Newton, GD and conjugate gradients on Σ = I and on the two-level Σ (fresh basis
+    per prompt): the result's ``newton_deviation``, ``gd_deviation``, ``cg_deviation``, the steps each needs to reach
+    ``tolerance``, and ``quasi_newton_gap``, how far L-BFGS (memory ``LBFGS_MEMORY``) and BFGS land from CG's
+    iterates."""
     d, n, B = config.dim, 2 * config.dim, config.n_algorithm_test
     identity = torch.eye(d, dtype=torch.float64).expand(B, d, d)
     two_level = tasks.two_level_covariances(B, d, config.condition_number, generator=generator)
-    newton, gd, newton_steps, gd_steps = [], [], [], []
+    newton, gd, cg, newton_steps, gd_steps, cg_steps, quasi_newton_gap = [], [], [], [], [], [], []
     for covariance in (identity, two_level):
         batch = tasks.sample_regression(1, n, covariance, generator=generator, dtype=torch.float64)
         S, h = baselines.context_moments(batch.X[:, 0], batch.y[:, 0])  # (B, d, d), (B, d)
@@ -77,9 +80,23 @@ def algorithms_alone(config: IterativeNewtonConfig, generator: torch.Generator) 
         gd.append(gd_curve)
         first = first_below(gd_curve, config.tolerance)
         gd_steps.append(torch.where(first >= 0, 2**first, -1))
+        counts = range(d + 2)  # CG ends within rank(Ŝ) ≤ d steps in exact arithmetic; one more shows it stays
+        cg_weights = baselines.conjugate_gradient_weights(S, h, counts)
+        cg.append(relative(cg_weights))
+        cg_steps.append(first_below(cg[-1], config.tolerance))
+        size = (target**2).sum(-1).clamp(min=torch.finfo(target.dtype).tiny)  # (B,) ‖ŵ_LS‖² per prompt
+        quasi_newton_gap.append(
+            max(
+                (((baselines.lbfgs_weights(S, h, counts, memory) - cg_weights) ** 2).sum(-1) / size).max()
+                for memory in (LBFGS_MEMORY, None)
+            )
+        )
     return {
         "newton_deviation": torch.stack(newton),
         "gd_deviation": torch.stack(gd),
+        "cg_deviation": torch.stack(cg),
         "newton_to_tolerance": torch.stack(newton_steps),
         "gd_to_tolerance": torch.stack(gd_steps),
+        "cg_to_tolerance": torch.stack(cg_steps),
+        "quasi_newton_gap": torch.stack(quasi_newton_gap),
     }
