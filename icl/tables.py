@@ -22,10 +22,10 @@ Cell = str | int | float | bool
 # a ± or parenthesised spread, ×, %, ∞ or a dash for "none".
 NUMERIC_TEXT = re.compile(r"[\s\d.,:;eE+\-−±()%×∞—–/|]*\d[\s\d.,:;eE+\-−±()%×∞—–/|]*|[—–∞∞-]")
 
-_TABLE = "border-collapse: collapse; margin: 0.5em 0 1em 0; line-height: 1.35"
-_CELL = "padding: 0.3em 0.7em; border: 1px solid rgba(128, 128, 128, 0.35)"
+_TABLE = "border-collapse: collapse; margin: 0.5em 0 1em 0; line-height: 1.35; font-size: 0.9em"
+_CELL = "padding: 0.25em 0.5em; border: 1px solid rgba(128, 128, 128, 0.35)"
 _HEAD = "border-bottom: 2px solid rgba(128, 128, 128, 0.8); vertical-align: bottom; font-weight: 600"
-_NUMBER = "text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap"
+_NUMBER = "text-align: right; font-variant-numeric: tabular-nums"  # a number has no line break inside (UAX #14)
 _VERDICT = {True: ("icl-pass", "pass", "color: #1a7f37"), False: ("icl-fail", "FAIL", "color: #cf222e")}
 
 
