@@ -265,19 +265,21 @@ def claim_checks(result: IterativeNewtonResult, config: IterativeNewtonConfig) -
         10,
         reason="GD's steps grow like κ",
     )
+    # Exact-arithmetic identities, checked where Ŝ is well conditioned (Σ = I): at κ = 100 float64 round-off grows
+    # with κ(Ŝ) and d (measured: 10⁻⁶ at d = 8, 5·10⁻³ at d = 12), which the chapter shows instead.
     checks.at_most(
-        f"algorithms: CG's distance to least squares after d steps, the larger of κ = 1 and "
-        f"κ = {config.condition_number:g}",
-        r.cg_deviation[:, r.dim].max().item(),
-        1e-12,
-        reason="CG ends within rank Ŝ ≤ d steps in exact arithmetic, whatever κ; one step earlier it is 10⁻³ or more",
+        "algorithms: CG's distance to least squares after d steps, Σ = I",
+        r.cg_deviation[0, r.dim].item(),
+        1e-8,
+        reason="CG ends within rank Ŝ ≤ d steps in exact arithmetic; round-off measured up to d = 20 is below 10⁻¹⁴",
     )
     checks.at_most(
-        f"algorithms: L-BFGS (m = {algorithms.LBFGS_MEMORY}) and BFGS against CG, worst prompt's ‖ŵ − ŵ_CG‖² / ‖ŵ_LS‖²",
-        r.quasi_newton_gap.max().item(),
-        1e-12,
-        reason="the same iterates in exact arithmetic (Nazareth 1979); float64 round-off leaves orders of magnitude "
-        "less, while GD's iterates are tenths away",
+        f"algorithms: L-BFGS (m = {algorithms.LBFGS_MEMORY}) and BFGS against CG, Σ = I, worst prompt's "
+        "‖ŵ − ŵ_CG‖² / ‖ŵ_LS‖²",
+        r.quasi_newton_gap[0].item(),
+        1e-8,
+        reason="the same iterates in exact arithmetic (Nazareth 1979); round-off measured up to d = 20 is below "
+        "10⁻¹¹, GD's iterates are tenths away",
     )
     log_gd = r.algorithm_best_gd.double().log2()
     _, slope, r2 = similarity.line_fit(r.algorithm_newton_steps.double(), log_gd)
@@ -370,7 +372,9 @@ def summary(result: IterativeNewtonResult, config: IterativeNewtonConfig) -> dic
         "gd_ill": int(r.gd_to_tolerance[1]),
         "cg_iso": int(r.cg_to_tolerance[0]),
         "cg_ill": int(r.cg_to_tolerance[1]),
-        "quasi_newton_gap": r.quasi_newton_gap.max().item(),
+        "quasi_newton_gap_iso": r.quasi_newton_gap[0].item(),
+        "quasi_newton_gap_ill": r.quasi_newton_gap[1].item(),
+        "cg_after_d_ill": r.cg_deviation[1, r.dim].item(),
         "lbfgs_memory": algorithms.LBFGS_MEMORY,
         "probe_errors": ", ".join(f"{e:.3f}" for e in per_layer.tolist()),
         "model_error": r.model_error[:, d:K].mean().item(),
