@@ -280,6 +280,17 @@ def newton_weights(second_moment: torch.Tensor, h: torch.Tensor, steps: Sequence
     return torch.stack(out)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Inner products over the last axis, kept: (..., d), (..., d) -> (..., 1)."""
+    return (a * b).sum(-1, keepdim=True)
+
+
+def _rounding_floor(h: torch.Tensor) -> torch.Tensor:
+    """The squared residual (or gradient) norm below which a solver from w = 0 stands still: 100 ε relative to h,
+    rounding error. (..., d) -> (..., 1)."""
+    return (100 * torch.finfo(h.dtype).eps) ** 2 * _dot(h, h)
+
+
 def conjugate_gradient_weights(second_moment: torch.Tensor, h: torch.Tensor, steps: Sequence[int]) -> torch.Tensor:
     """Conjugate gradients on Ŝw = h from w₀ = 0, after each number of ``steps``: -> (len(steps), ..., d). In exact
     arithmetic it reaches the minimum-norm solution in at most rank(Ŝ) steps; a prompt whose residual has fallen to
@@ -289,20 +300,18 @@ def conjugate_gradient_weights(second_moment: torch.Tensor, h: torch.Tensor, ste
     residual = h.clone()
     direction = residual.clone()
     out = []
-    dot = lambda a, b: (a * b).sum(-1, keepdim=True)  # noqa: E731
-    tiny = torch.finfo(h.dtype).tiny
-    converged = (100 * torch.finfo(h.dtype).eps) ** 2 * dot(h, h)  # a residual this small is rounding error
+    tiny, converged = torch.finfo(h.dtype).tiny, _rounding_floor(h)
     for k in range(counts[-1] + 1):
         if k in counts:
             out.append(w)
-        rr = dot(residual, residual)
+        rr = _dot(residual, residual)
         product = (second_moment @ direction.unsqueeze(-1)).squeeze(-1)
-        curvature = dot(direction, product)
+        curvature = _dot(direction, product)
         active = (curvature > 0) & (rr > converged)
         step = torch.where(active, rr / curvature.clamp(min=tiny), 0.0)
         w = w + step * direction
         residual = residual - step * product
-        beta = torch.where(active, dot(residual, residual) / rr.clamp(min=tiny), 0.0)
+        beta = torch.where(active, _dot(residual, residual) / rr.clamp(min=tiny), 0.0)
         direction = residual + beta * direction
     return torch.stack(out)
 
@@ -320,9 +329,7 @@ def lbfgs_weights(
     counts = _steps(steps)
     if memory is not None:
         memory = positive_int("memory", memory)
-    dot = lambda a, b: (a * b).sum(-1, keepdim=True)  # noqa: E731
-    tiny = torch.finfo(h.dtype).tiny
-    converged = (100 * torch.finfo(h.dtype).eps) ** 2 * dot(h, h)
+    tiny, converged = torch.finfo(h.dtype).tiny, _rounding_floor(h)
     w, gradient = torch.zeros_like(h), -h  # ∇R(w) = Ŝw − h
     pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1/yᵀs), oldest first
     out = []
@@ -331,18 +338,18 @@ def lbfgs_weights(
             out.append(w)
         q, alphas = gradient, []
         for s, y, rho in reversed(pairs):  # the two-loop recursion: direction = −H_k ∇R
-            a = rho * dot(s, q)
+            a = rho * _dot(s, q)
             q = q - a * y
             alphas.append(a)
         for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
-            q = q + (a - rho * dot(y, q)) * s
+            q = q + (a - rho * _dot(y, q)) * s
         direction = -q
         product = (second_moment @ direction.unsqueeze(-1)).squeeze(-1)
-        curvature = dot(direction, product)
-        active = (curvature > 0) & (dot(gradient, gradient) > converged)
-        step = torch.where(active, -dot(gradient, direction) / curvature.clamp(min=tiny), 0.0)
+        curvature = _dot(direction, product)
+        active = (curvature > 0) & (_dot(gradient, gradient) > converged)
+        step = torch.where(active, -_dot(gradient, direction) / curvature.clamp(min=tiny), 0.0)
         s, y = step * direction, step * product  # y = Ŝs: the change of the gradient
-        ys = dot(y, s)
+        ys = _dot(y, s)
         pairs.append((s, y, torch.where(ys > 0, 1 / ys.clamp(min=tiny), 0.0)))
         if memory is not None and len(pairs) > memory:
             pairs.pop(0)

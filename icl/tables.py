@@ -20,7 +20,7 @@ Cell = str | int | float | bool
 
 # Text that reads as a number or a list of numbers: digits with signs, decimal points, exponents, separators,
 # a ± or parenthesised spread, ×, %, ∞ or a dash for "none".
-NUMERIC_TEXT = re.compile(r"[\s\d.,:;eE+\-−±()%×∞—–/|]*\d[\s\d.,:;eE+\-−±()%×∞—–/|]*|[—–∞∞-]")
+NUMERIC_TEXT = re.compile(r"[\s\d.,:;eE+\-−±()%×∞—–/|]*\d[\s\d.,:;eE+\-−±()%×∞—–/|]*|[—–∞-]")
 
 _TABLE = "border-collapse: collapse; margin: 0.5em 0 1em 0; line-height: 1.35; font-size: 0.9em"
 _CELL = "padding: 0.25em 0.5em; border: 1px solid rgba(128, 128, 128, 0.35)"
