@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -30,8 +31,6 @@ from experiment_at import parse_settings  # bench/ is on the path when a script 
 
 def score(seed: int, steps: int, threads: int, overrides: dict[str, Any], store: str) -> dict[str, Any]:
     """Train (or load) one seed's ensemble and return its errors / d at k = d and k = 2d, per member."""
-    import os
-
     os.environ["ICL_STORE"] = store  # before icl reads it
     import torch
 
